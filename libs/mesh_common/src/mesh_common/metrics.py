@@ -1,0 +1,61 @@
+"""Prometheus metrics per service, on a registry of the service's own.
+
+Several services share one process in the embedded default, so nothing here uses the global
+registry: each app gets a :class:`Metrics` whose registry backs its ``/metrics`` endpoint.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+
+class Metrics:
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "http_requests_total", "HTTP requests", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.bus_messages = Counter(
+            "bus_messages_total", "Bus messages by direction and outcome",
+            ["direction", "type", "outcome"], registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "outbox_backlog", "Outbox rows not yet relayed", registry=self.registry
+        )
+        self.outbox_oldest_age = Gauge(
+            "outbox_oldest_age_seconds", "Age of the oldest unrelayed outbox row",
+            registry=self.registry,
+        )
+        self.task_executions = Counter(
+            "task_executions_total", "Task executions by task and status", ["task", "status"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def metrics_router() -> APIRouter:
+    router = APIRouter(tags=["ops"])
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        m: Metrics = request.app.state.metrics
+        return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

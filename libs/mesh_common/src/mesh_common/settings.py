@@ -1,0 +1,68 @@
+"""Service settings: one pydantic-settings model every service extends.
+
+Settings are read from the environment (and nothing else: no .env files, so secrets never live in
+the repository) only when a caller instantiates them — never at import time. Tests and the
+embedded launcher construct them explicitly. This module must not open connections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings shared by every edumesh service. Field names map to upper-case env vars."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    service_name: str = Field(description="Service name, e.g. 'booking' (schema, queues, logs).")
+    environment: Literal["embedded", "production", "test"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Persistence: one schema per service on PostgreSQL; one SQLite file per service otherwise.
+    database_url: str | None = None
+    db_schema: str | None = Field(default=None, description="PostgreSQL schema; default: service")
+    var_dir: Path = Path("var")
+
+    # Bus: None selects the in-memory broker (embedded default and unit tests).
+    amqp_url: SecretStr | None = None
+
+    # The centre's course database (system of record), used by course-export, booking, profile.
+    coursedb_url: str | None = None
+
+    # Auth: "hs256" with a dev secret for the embedded default, "rs256" with JWKS in production.
+    jwt_mode: Literal["hs256", "rs256"] = "hs256"
+    mesh_jwt_secret: SecretStr | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str = "edumesh"
+    jwt_audience: str = "edumesh"
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    max_body_bytes: int = 10 * 1024 * 1024
+    shutdown_grace_seconds: float = 20.0
+
+    @model_validator(mode="after")
+    def _defaults(self) -> ServiceSettings:
+        if self.database_url is None:
+            path = self.var_dir / f"{self.service_name}.sqlite3"
+            self.database_url = f"sqlite+aiosqlite:///{path}"
+        if self.db_schema is None:
+            self.db_schema = self.service_name.replace("-", "_")
+        if self.coursedb_url is None:
+            self.coursedb_url = f"sqlite+aiosqlite:///{self.var_dir / 'coursedb.sqlite3'}"
+        return self
+
+    @property
+    def package_name(self) -> str:
+        return self.service_name.replace("-", "_")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return str(self.database_url).startswith("sqlite")

@@ -1,0 +1,26 @@
+"""Builds the booking service app from explicit settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from mesh_common.app import create_service_app
+from booking_service.api import router
+from booking_service.models import metadata
+from booking_service.settings import Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    return create_service_app(
+        settings,
+        title="edumesh booking",
+        description="LIVE web bookings into the course database: seat and bookability checks under a lock, no overbooking, durable backlog while the backend is unreachable, confirmation mail with PDFs.",
+        routers=[router],
+        metadata=metadata,
+        migrations=MIGRATIONS,
+    )

@@ -1,0 +1,26 @@
+"""Builds the course-export service app from explicit settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from mesh_common.app import create_service_app
+from course_export_service.api import router
+from course_export_service.models import metadata
+from course_export_service.settings import Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    return create_service_app(
+        settings,
+        title="edumesh course-export",
+        description="Exports courses from the centre's course database to the web platform backend: daily full snapshots, change detection within minutes, manual and scheduled runs, editable SQL templates.",
+        routers=[router],
+        metadata=metadata,
+        migrations=MIGRATIONS,
+    )

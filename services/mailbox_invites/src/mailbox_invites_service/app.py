@@ -1,0 +1,26 @@
+"""Builds the mailbox-invites service app from explicit settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from mesh_common.app import create_service_app
+from mailbox_invites_service.api import router
+from mailbox_invites_service.models import metadata
+from mailbox_invites_service.settings import Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    return create_service_app(
+        settings,
+        title="edumesh mailbox-invites",
+        description="iCalendar invitations to room mailboxes over SMTP, replies read over IMAP, bounded retries and error recycling.",
+        routers=[router],
+        metadata=metadata,
+        migrations=MIGRATIONS,
+    )

@@ -1,0 +1,26 @@
+"""Builds the portal service app from explicit settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from mesh_common.app import create_service_app
+from portal_service.api import router
+from portal_service.models import metadata
+from portal_service.settings import Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    return create_service_app(
+        settings,
+        title="edumesh portal",
+        description="Customer upload portal: accounts with activation links, per-job folders, virus-scanned uploads, hotfolder pull, e-mail templates.",
+        routers=[router],
+        metadata=metadata,
+        migrations=MIGRATIONS,
+    )

@@ -1,0 +1,26 @@
+"""Builds the profile service app from explicit settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from mesh_common.app import create_service_app
+from profile_service.api import router
+from profile_service.models import metadata
+from profile_service.settings import Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    return create_service_app(
+        settings,
+        title="edumesh profile",
+        description="Participant profile: address, bank data stored encrypted, order history, read by the web platform during registration.",
+        routers=[router],
+        metadata=metadata,
+        migrations=MIGRATIONS,
+    )

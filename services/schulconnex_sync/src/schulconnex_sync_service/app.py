@@ -1,0 +1,26 @@
+"""Builds the schulconnex-sync service app from explicit settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from mesh_common.app import create_service_app
+from schulconnex_sync_service.api import router
+from schulconnex_sync_service.models import metadata
+from schulconnex_sync_service.settings import Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    return create_service_app(
+        settings,
+        title="edumesh schulconnex-sync",
+        description="Synchronises persons, groups and memberships with a Schulconnex server over OAuth2.",
+        routers=[router],
+        metadata=metadata,
+        migrations=MIGRATIONS,
+    )
