@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test tier in order, stopping at the first failing tier. Exit status is pytest's.
+# Under CI=true a test that needs a missing server fails instead of skipping (see mesh_common.testing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p artifacts
+PYTEST=(.venv/bin/pytest -p no:cacheprovider --junitxml=artifacts/junit.xml)
+echo "== lint" && .venv/bin/ruff check libs services tests bench
+echo "== tests (unit, api, bus contract on memory + RabbitMQ, db on SQLite/PostgreSQL/MariaDB, e2e)"
+"${PYTEST[@]}" "$@"
