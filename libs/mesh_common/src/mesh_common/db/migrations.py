@@ -67,3 +67,16 @@ def run_env(target_metadata: MetaData) -> None:
     context.configure(**opts)
     with context.begin_transaction():
         context.run_migrations()
+
+
+async def make_revision(db: Database, script_location: Path, message: str) -> None:
+    """Autogenerate a new revision against ``db`` (brought to head first). Developer tool."""
+    await upgrade(db, script_location)
+    cfg = _config(script_location, db.schema)
+
+    def _run(sync_conn: Connection) -> None:
+        cfg.attributes["connection"] = sync_conn
+        command.revision(cfg, message=message, autogenerate=True)
+
+    async with db.engine.begin() as conn:
+        await conn.run_sync(_run)
