@@ -1,0 +1,104 @@
+"""Unit tests (no IO) of bus building blocks: settings, naming, envelope, errors, topic match."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+from mesh_common.bus import BusSettings, HandlerRegistry, MessageContext, Topology
+from mesh_common.bus.envelope import H_ACTOR, H_REQUEST_ID, make_envelope, message_type_of
+from mesh_common.bus.errors import (
+    RemoteConflict,
+    RemoteDomainError,
+    RemoteError,
+    RemoteInternalError,
+    error_envelope,
+    remote_error,
+)
+from mesh_common.bus.memory import _topic_match
+from mesh_common.bus.topology import main_queue_of
+from mesh_common.context import bound
+from mesh_common.errors import Conflict
+from pydantic import BaseModel, ValidationError
+
+
+class Ev(BaseModel):
+    __message_type__: ClassVar[str] = "svc.thing_happened.v1"
+    x: int
+
+
+def test_settings_are_explicit_and_validated() -> None:
+    s = BusSettings(service="course-export", retry_delays=(1.0, 5.0))
+    assert s.amqp_url is None
+    assert [s.retry_delay(n) for n in (1, 2, 3, 9)] == [1.0, 5.0, 5.0, 5.0]
+    with pytest.raises(ValidationError):
+        BusSettings(service="Bad Name")
+    url = BusSettings(service="x", amqp_url="amqp://u:secret@h/").amqp_url
+    assert url is not None and "secret" not in repr(url)
+
+
+def test_names() -> None:
+    t = Topology("p.")
+    assert t.topic_exchanges == ("p.mesh.events", "p.mesh.commands", "p.mesh.rpc")
+    spec = t.queue_spec(
+        service="mail", handler="h", kind="event", routing_key="a.b.v1", delivery_limit=7
+    )
+    assert (spec.name, spec.retry_queue, spec.dlq) == ("p.mail.h", "p.mail.h.retry", "p.mail.h.dlq")
+    assert spec.main_arguments()["x-delivery-limit"] == 7
+    assert spec.main_arguments()["x-dead-letter-exchange"] == "p.mesh.dlx"
+    assert spec.retry_arguments()["x-dead-letter-routing-key"] == "p.mail.h"
+    assert main_queue_of("a.b.dlq") == main_queue_of("a.b.retry") == "a.b"
+
+
+def test_envelope_takes_context() -> None:
+    with bound(request_id="r1", actor="user:1"):
+        env = make_envelope("event", Ev(x=1), app_id="svc")
+    assert env.type == "svc.thing_happened.v1" and env.persistent
+    assert env.headers[H_REQUEST_ID] == "r1" and env.headers[H_ACTOR] == "user:1"
+    assert env.body == b'{"x":1}'
+    with pytest.raises(TypeError):
+        message_type_of(BaseModel)
+
+
+def test_registry_decorators_return_the_function_and_infer_the_model() -> None:
+    registry = HandlerRegistry()
+
+    async def on_ev(msg: Ev, ctx: MessageContext) -> None: ...
+
+    assert registry.event()(on_ev) is on_ev
+    assert registry.specs[0].model is Ev and registry.specs[0].name == "on_ev"
+    with pytest.raises(ValueError):
+        registry.event()(on_ev)  # same queue name twice
+
+    async def untyped(msg, ctx) -> None: ...
+
+    with pytest.raises(TypeError):
+        registry.command()(untyped)
+
+
+def test_error_envelopes_round_trip() -> None:
+    err = remote_error(error_envelope(Conflict("taken", extra={"seat": 3})))
+    assert isinstance(err, RemoteConflict) and isinstance(err, Conflict)
+    assert (err.code, err.status, err.detail, err.extra) == ("conflict", 409, "taken", {"seat": 3})
+    custom = remote_error({"code": "x-y", "message": "m", "domain": True, "status": 418})
+    assert type(custom) is RemoteDomainError and custom.status == 418
+    internal = remote_error(error_envelope(ZeroDivisionError("boom")))
+    assert isinstance(internal, RemoteInternalError) and "boom" in internal.message
+    unknown = remote_error({"code": "weird"})
+    assert type(unknown) is RemoteError and unknown.code == "weird"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "matches"),
+    [
+        ("a.b.v1", "a.b.v1", True),
+        ("a.*.v1", "a.b.v1", True),
+        ("a.*", "a.b.v1", False),
+        ("a.#", "a.b.v1", True),
+        ("#", "a", True),
+        ("a.#.v1", "a.v1", True),
+        ("b.#", "a.b", False),
+    ],
+)
+def test_topic_match(pattern: str, key: str, matches: bool) -> None:
+    assert _topic_match(pattern, key) is matches
