@@ -1,0 +1,259 @@
+"""Gateway test rig: real upstream FastAPI apps and the gateway, served by uvicorn over HTTP.
+
+All servers run in one background thread with its own event loop, started once per test
+session, so tests talk to them exactly as clients do (real sockets, real streaming) and the
+upstreams' progress counters can be read from the test while a transfer is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+import uvloop
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from gateway_service.app import create_app
+from gateway_service.settings import GatewaySettings
+from mesh_common.auth import AuthSettings, mint_token
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import BaseModel
+
+SECRET = "gateway-test-secret-0123456789abcdef!"
+CHUNK = 64 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """An event loop in a daemon thread that hosts any number of uvicorn servers."""
+
+    def __init__(self) -> None:
+        # uvloop, as in production (python -m gateway_service): its transports differ from
+        # asyncio's in ways the upstream client must handle.
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.servers: list[tuple[uvicorn.Server, Any]] = []
+
+    def serve(self, app: Any, *, proxy_headers: bool = True, **options: Any) -> str:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=1,
+            server_header=False,
+            # The gateway does X-Forwarded-* itself (trusted_proxies); uvicorn must not
+            # rewrite the client address from them first. Upstreams trust the gateway.
+            proxy_headers=proxy_headers,
+            **options,
+        )
+        server = uvicorn.Server(config)
+        # uvicorn would install signal handlers; not from a non-main thread.
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        future = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self.loop)
+        for _ in range(500):
+            if server.started:
+                break
+            if future.done():
+                future.result()
+            threading.Event().wait(0.01)
+        else:
+            raise RuntimeError("server did not start")
+        self.servers.append((server, future))
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        for server, _ in self.servers:
+            server.should_exit = True
+        for _, future in self.servers:
+            try:
+                future.result(timeout=5)
+            except Exception:
+                pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+@dataclass
+class Progress:
+    """Byte counters the upstreams update while streaming, read by the tests."""
+
+    produced: int = 0
+    received: int = 0
+    max_lag: int = 0
+    samples: list[tuple[int, int]] = field(default_factory=list)
+
+
+class Course(BaseModel):
+    id: int
+    title: str
+
+
+class Page(BaseModel):
+    items: list[Course]
+    total: int
+
+
+def make_upstream(name: str, progress: Progress) -> FastAPI:
+    app = FastAPI(title=f"{name} service", version="1.2.3")
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/courses", response_model=Page, operation_id="list_courses")
+    async def courses() -> Page:
+        return Page(items=[Course(id=1, title=f"{name} course")], total=1)
+
+    @app.post("/courses", response_model=Course, status_code=201)
+    async def create_course(course: Course) -> Course:
+        return course
+
+    @app.api_route(
+        "/echo/{rest:path}",
+        methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+        include_in_schema=False,
+    )
+    async def echo(request: Request, rest: str) -> JSONResponse:
+        body = await request.body()
+        return JSONResponse(
+            {
+                "service": name,
+                "method": request.method,
+                "path": request.url.path,
+                "raw_path": request.scope.get("raw_path", b"").decode(),
+                "query": request.url.query,
+                "client_port": request.client.port if request.client else None,
+                "headers": [[k, v] for k, v in request.headers.items()],
+                "body_len": len(body),
+            },
+            headers={"x-mesh-internal-secret": "leak", "set-cookie": "sid=abc; Path=/"},
+        )
+
+    @app.head("/public/info", include_in_schema=False)
+    @app.get("/public/info")
+    async def public_info() -> dict[str, str]:
+        return {"public": "yes"}
+
+    @app.get("/big")
+    async def big(size: int, request: Request) -> StreamingResponse:
+        progress.produced = 0
+
+        async def generate() -> AsyncIterator[bytes]:
+            block = b"x" * CHUNK
+            left = size
+            sent = 0
+            while left > 0:
+                piece = block[: min(CHUNK, left)]
+                left -= len(piece)
+                progress.produced += len(piece)
+                sent += 1
+                # uvicorn's send() silently drops data after a disconnect, so the generator
+                # itself notices when the gateway hangs up.
+                if sent % 16 == 0 and await request.is_disconnected():
+                    return
+                yield piece
+
+        return StreamingResponse(generate(), media_type="application/octet-stream")
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, Any]:
+        progress.received = 0
+        digest = hashlib.sha256()
+        async for chunk in request.stream():
+            progress.received += len(chunk)
+            digest.update(chunk)
+        return {"bytes": progress.received, "sha256": digest.hexdigest()}
+
+    @app.get("/slow")
+    async def slow() -> dict[str, str]:
+        await asyncio.sleep(3)
+        return {"late": "yes"}
+
+    @app.get("/gzip")
+    async def gzipped() -> Response:
+        # Already-compressed bytes: the gateway must pass them through untouched.
+        return Response(
+            gzip.compress(b'{"zipped": true}'),
+            media_type="application/json",
+            headers={"content-encoding": "gzip"},
+        )
+
+    return app
+
+
+@dataclass
+class Rig:
+    gateway: str
+    alpha: str
+    beta: str
+    down: str
+    progress: Progress
+    settings: GatewaySettings
+    thread: ServerThread
+
+    def token(self, **kw: Any) -> str:
+        kw.setdefault("subject", "alice")
+        return mint_token(secret=SECRET, **kw)
+
+    def auth(self, **kw: Any) -> dict[str, str]:
+        return {"Authorization": "Bearer " + self.token(**kw)}
+
+
+@pytest.fixture(scope="session")
+def rig() -> Iterator[Rig]:
+    thread = ServerThread()
+    progress = Progress()
+    try:
+        alpha = thread.serve(make_upstream("alpha", progress))
+        beta = thread.serve(make_upstream("beta", progress))
+        down = f"http://127.0.0.1:{free_port()}"  # nothing listens here
+        settings = GatewaySettings(
+            upstreams={"alpha": alpha, "beta": beta, "down": down},
+            auth=AuthSettings(hs256_secret=SECRET),
+            max_body_bytes=1024 * 1024,
+            public_paths=["/api/*/health/live", "/api/alpha/public/*"],
+            read_timeout_seconds=1.0,
+            connect_timeout_seconds=1.0,
+            health_timeout_seconds=0.5,
+        )
+        gateway = thread.serve(create_app(settings), proxy_headers=False)
+        yield Rig(gateway, alpha, beta, down, progress, settings, thread)
+    finally:
+        thread.stop()
+
+
+@dataclass
+class TracedGateway:
+    url: str
+    exporter: InMemorySpanExporter
+
+
+@pytest.fixture(scope="session")
+def traced_gateway(rig: Rig) -> TracedGateway:
+    """A second gateway on the same upstreams: 64 MiB body limit and a real tracer provider."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    settings = rig.settings.model_copy(update={"max_body_bytes": 64 * 1024 * 1024})
+    url = rig.thread.serve(create_app(settings, tracer_provider=provider), proxy_headers=False)
+    return TracedGateway(url, exporter)
