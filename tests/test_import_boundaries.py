@@ -1,4 +1,6 @@
-"""A service imports other services only through mesh_contracts and typed clients, never their packages.
+"""A service reaches other services only through mesh_contracts and typed clients.
+
+It never imports their packages.
 
 Also: a service imports only the workspace libraries its pyproject declares, and libs never import
 services (except the embedded launcher, whose whole job is to start them all).
@@ -48,8 +50,10 @@ def test_service_imports_no_other_service(service: str) -> None:
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_imports_only_declared_libs(service: str) -> None:
     meta = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())
-    declared = {d.split(">")[0].split("=")[0].strip().replace("-", "_")
-                for d in meta["project"]["dependencies"]}
+    declared = {
+        d.split(">")[0].split("=")[0].strip().replace("-", "_")
+        for d in meta["project"]["dependencies"]
+    }
     used: set[str] = set()
     for path in python_files(ROOT / "services" / service / "src"):
         used |= imported_top_levels(path) & LIB_PACKAGES

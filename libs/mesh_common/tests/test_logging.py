@@ -32,8 +32,9 @@ def test_structlog_and_stdlib_lines_are_json_with_context() -> None:
 
 def test_secrets_are_redacted() -> None:
     buf = capture()
-    get_logger("t").info("login", password="hunter2", iban="DE89370400440532013000",
-                         client_secret="s3cr3t")
+    get_logger("t").info(
+        "login", password="hunter2", iban="DE89370400440532013000", client_secret="s3cr3t"
+    )
     get_logger("t").info("header was Bearer eyJhbGciOi.abc.def")
     out = buf.getvalue()
     for secret in ("hunter2", "DE89370400440532013000", "s3cr3t", "eyJhbGciOi.abc.def"):

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
-
 from mesh_common.errors import Conflict, install_problem_handlers
 from mesh_common.middleware import BodyLimitMiddleware, RequestContextMiddleware
 

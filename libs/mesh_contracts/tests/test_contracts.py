@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import pytest
-
 from mesh_contracts.base import Command, Event, RpcRequest, all_contracts, naming_errors
 
 
@@ -31,6 +30,13 @@ def test_message_types_are_unique() -> None:
     ],
 )
 def test_naming_checker(base: type, name: str, ok: bool) -> None:
-    cls = type("Probe", (base,), {"__message_type__": name, "__module__": "mesh_contracts.booking",
-                                   "__annotations__": {"__message_type__": ClassVar[str]}})
+    cls = type(
+        "Probe",
+        (base,),
+        {
+            "__message_type__": name,
+            "__module__": "mesh_contracts.booking",
+            "__annotations__": {"__message_type__": ClassVar[str]},
+        },
+    )
     assert (naming_errors(cls) == []) is ok

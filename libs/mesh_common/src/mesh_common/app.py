@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,10 @@ from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import MetaData
 
+from mesh_common.auth import TokenVerifier, install_auth
+from mesh_common.bus import Bus, BusSettings, HandlerRegistry, MemoryBroker, create_bus
+from mesh_common.bus.inbox import Inbox
+from mesh_common.bus.outbox import Outbox, OutboxRelay
 from mesh_common.db import Database, upgrade
 from mesh_common.errors import install_problem_handlers
 from mesh_common.health import HealthChecks, health_router
@@ -33,6 +38,30 @@ log = logging.getLogger("mesh.app")
 
 Hook = Callable[["ServiceRuntime"], Awaitable[None]]
 
+_brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MemoryBroker] = (
+    weakref.WeakKeyDictionary()
+)
+_loopless_broker: MemoryBroker | None = None
+
+
+def process_broker() -> MemoryBroker:
+    """The in-memory broker shared by every service of this event loop (the embedded default).
+
+    Keyed by loop because a broker's queues and consumers belong to one loop (tests run a loop
+    per test); an app built before any loop runs gets the process's loop-less broker.
+    """
+    global _loopless_broker
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        if _loopless_broker is None:
+            _loopless_broker = MemoryBroker()
+        return _loopless_broker
+    broker = _brokers.get(loop)
+    if broker is None:
+        broker = _brokers[loop] = MemoryBroker()
+    return broker
+
 
 @dataclass
 class ServiceRuntime:
@@ -43,8 +72,10 @@ class ServiceRuntime:
     metrics: Metrics
     health: HealthChecks
     tracer_provider: TracerProvider
-    bus: Any = None
-    outbox_relay: Any = None
+    bus: Bus
+    outbox: Outbox | None = None
+    outbox_relay: OutboxRelay | None = None
+    inbox: Inbox | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -73,17 +104,40 @@ def create_service_app(
     migrations: Path | None = None,
     on_startup: Sequence[Hook] = (),
     on_shutdown: Sequence[Hook] = (),
-    bus_factory: Callable[[ServiceRuntime], Any] | None = None,
+    handlers: Sequence[HandlerRegistry] = (),
+    broker: MemoryBroker | None = None,
+    bus_settings: BusSettings | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
-    """Build a service app. ``migrations`` is the alembic script directory of the service."""
+    """Build a service app. ``migrations`` is the alembic script directory of the service.
+
+    ``handlers`` are the service's bus handler registries. Without ``AMQP_URL`` the bus runs on
+    ``broker`` (default: the process-wide in-memory broker, so services of one process reach
+    each other).
+    """
     assert settings.database_url is not None
     db = Database(settings.database_url, schema=settings.db_schema)
     metrics = Metrics(settings.service_name)
     health = HealthChecks()
     health.add("database", db.ping)
+    bus = create_bus(
+        bus_settings or BusSettings(service=settings.service_name, amqp_url=settings.amqp_url),
+        broker=broker or (process_broker() if settings.amqp_url is None else None),
+    )
+    for registry in handlers:
+        bus.include(registry)
+
+    async def bus_ready() -> None:
+        if not bus._started:
+            raise RuntimeError("bus not started")
+        connection = getattr(bus.transport, "connection", None)
+        if connection is not None and getattr(connection, "is_closed", False):
+            raise RuntimeError("broker connection closed (reconnecting)")
+
+    health.add("bus", bus_ready)
     runtime = ServiceRuntime(
         settings=settings,
+        bus=bus,
         db=db,
         metrics=metrics,
         health=health,
@@ -98,9 +152,11 @@ def create_service_app(
             await db.ensure_schema()
             async with db.engine.begin() as conn:
                 await conn.run_sync(metadata.create_all)
-        if bus_factory is not None:
-            runtime.bus = bus_factory(runtime)
-            await runtime.bus.start()
+        await bus.start()
+        if runtime.outbox is not None:
+            runtime.outbox_relay = OutboxRelay(runtime.outbox, bus, db.engine)
+            runtime.outbox_relay.start()
+            runtime.spawn(_watch_outbox(runtime), name="outbox-metrics")
         for hook in on_startup:
             await hook(runtime)
         log.info("service started", extra={"service": settings.service_name})
@@ -117,8 +173,9 @@ def create_service_app(
                 task.cancel()
             if runtime.background:
                 await asyncio.gather(*runtime.background, return_exceptions=True)
-            if runtime.bus is not None:
-                await runtime.bus.stop()
+            if runtime.outbox_relay is not None:
+                await runtime.outbox_relay.stop()
+            await bus.stop(grace=settings.shutdown_grace_seconds)
             await db.dispose()
             runtime.tracer_provider.shutdown()
             log.info("service stopped", extra={"service": settings.service_name})
@@ -131,6 +188,12 @@ def create_service_app(
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    if metadata is not None:
+        # A service that declares the mesh tables gets the outbox relay and the inbox wired.
+        if "mesh_outbox" in metadata.tables:
+            runtime.outbox = Outbox(metadata.tables["mesh_outbox"], service=settings.service_name)
+        if "mesh_inbox" in metadata.tables:
+            runtime.inbox = Inbox(metadata.tables["mesh_inbox"], db.sessionmaker)
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.db = db
@@ -138,6 +201,7 @@ def create_service_app(
     app.state.health = health
     app.state.draining = False
     install_problem_handlers(app)
+    install_auth(app, TokenVerifier(settings.auth_settings()))
     app.include_router(health_router())
     app.include_router(metrics_router())
     for router in routers:
@@ -146,6 +210,19 @@ def create_service_app(
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     _instrument(app, runtime.tracer_provider)
     return app
+
+
+async def _watch_outbox(runtime: ServiceRuntime, interval: float = 5.0) -> None:
+    """Keep the outbox backlog gauges current (size and age of what is not yet relayed)."""
+    assert runtime.outbox_relay is not None
+    while True:
+        try:
+            backlog = await runtime.outbox_relay.backlog()
+            runtime.metrics.outbox_backlog.set(backlog.pending)
+            runtime.metrics.outbox_oldest_age.set(backlog.oldest_age)
+        except Exception:
+            log.warning("outbox backlog probe failed", exc_info=True)
+        await asyncio.sleep(interval)
 
 
 def _instrument(app: FastAPI, provider: TracerProvider) -> None:

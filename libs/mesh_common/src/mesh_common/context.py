@@ -11,7 +11,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("mesh_request_id", default=None)
 actor_var: ContextVar[str | None] = ContextVar("mesh_actor", default=None)
@@ -48,7 +49,7 @@ def bound(
     deadline: float | None = None,
 ) -> Iterator[None]:
     """Bind context values for the duration of a block (a request or a consumed message)."""
-    tokens = []
+    tokens: list[tuple[ContextVar[Any], Token[Any]]] = []
     if request_id is not None:
         tokens.append((request_id_var, request_id_var.set(request_id)))
     if actor is not None:
@@ -59,4 +60,4 @@ def bound(
         yield
     finally:
         for var, token in reversed(tokens):
-            var.reset(token)  # type: ignore[attr-defined]
+            var.reset(token)

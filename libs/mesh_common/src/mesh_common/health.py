@@ -31,7 +31,7 @@ class HealthChecks:
             try:
                 await asyncio.wait_for(check(), self.timeout)
                 return name, "ok"
-            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            except Exception as exc:
                 return name, f"failed: {type(exc).__name__}: {exc}"[:300]
 
         results = await asyncio.gather(*(one(n, c) for n, c in self._checks.items()))
@@ -53,7 +53,8 @@ def health_router() -> APIRouter:
         results = await checks.run()
         if all(v == "ok" for v in results.values()):
             return {"status": "ok", "checks": results}
-        return problem(503, code="not-ready", detail="dependency check failed",
-                       extra={"checks": results})
+        return problem(
+            503, code="not-ready", detail="dependency check failed", extra={"checks": results}
+        )
 
     return router

@@ -22,27 +22,36 @@ class Metrics:
         self.service = service
         self.registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
-            "http_requests_total", "HTTP requests", ["method", "route", "status"],
+            "http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.http_latency = Histogram(
-            "http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.bus_messages = Counter(
-            "bus_messages_total", "Bus messages by direction and outcome",
-            ["direction", "type", "outcome"], registry=self.registry,
+            "bus_messages_total",
+            "Bus messages by direction and outcome",
+            ["direction", "type", "outcome"],
+            registry=self.registry,
         )
         self.outbox_backlog = Gauge(
             "outbox_backlog", "Outbox rows not yet relayed", registry=self.registry
         )
         self.outbox_oldest_age = Gauge(
-            "outbox_oldest_age_seconds", "Age of the oldest unrelayed outbox row",
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unrelayed outbox row",
             registry=self.registry,
         )
         self.task_executions = Counter(
-            "task_executions_total", "Task executions by task and status", ["task", "status"],
+            "task_executions_total",
+            "Task executions by task and status",
+            ["task", "status"],
             registry=self.registry,
         )
 

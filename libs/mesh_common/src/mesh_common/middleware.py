@@ -63,7 +63,11 @@ class RequestContextMiddleware:
                 self.metrics.http_latency.labels(scope["method"], template).observe(elapsed)
             if not template.startswith(("/health", "/metrics")):
                 access_log.info(
-                    "%s %s %s %.1fms", scope["method"], scope["path"], status, elapsed * 1000,
+                    "%s %s %s %.1fms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
                     extra={"status": status, "duration_ms": round(elapsed * 1000, 1)},
                 )
             request_id_var.reset(token)
@@ -110,8 +114,10 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(
-            413, code="payload-too-large",
-            detail=f"request body exceeds {self.max_bytes} bytes", instance=scope.get("path"),
+            413,
+            code="payload-too-large",
+            detail=f"request body exceeds {self.max_bytes} bytes",
+            instance=scope.get("path"),
         )
         await response(scope, receive, send)
 

@@ -16,7 +16,11 @@ import uvicorn
 from mesh_common.logging import configure_logging
 
 
-def uvicorn_config(app: Any, *, host: str, port: int, grace: float) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, *, host: str, port: int, grace: float, behind_gateway: bool = True
+) -> uvicorn.Config:
+    """Server config for one app. Services trust X-Forwarded-* from the gateway on loopback;
+    the gateway itself (``behind_gateway=False``) trusts nobody's and sets them itself."""
     return uvicorn.Config(
         app,
         host=host,
@@ -27,8 +31,8 @@ def uvicorn_config(app: Any, *, host: str, port: int, grace: float) -> uvicorn.C
         log_config=None,  # our JSON logging, configured once per process
         access_log=False,  # the request-context middleware logs access lines
         timeout_graceful_shutdown=int(grace),
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        proxy_headers=behind_gateway,
+        forwarded_allow_ips="127.0.0.1" if behind_gateway else None,
     )
 
 

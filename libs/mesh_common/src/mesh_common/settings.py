@@ -7,11 +7,14 @@ embedded launcher construct them explicitly. This module must not open connectio
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mesh_common.auth.settings import AuthSettings
 
 
 class ServiceSettings(BaseSettings):
@@ -40,7 +43,7 @@ class ServiceSettings(BaseSettings):
     mesh_jwt_secret: SecretStr | None = None
     jwt_jwks_url: str | None = None
     jwt_issuer: str = "edumesh"
-    jwt_audience: str = "edumesh"
+    jwt_audience: str = "edumesh-api"
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -58,6 +61,24 @@ class ServiceSettings(BaseSettings):
         if self.coursedb_url is None:
             self.coursedb_url = f"sqlite+aiosqlite:///{self.var_dir / 'coursedb.sqlite3'}"
         return self
+
+    def auth_settings(self) -> AuthSettings:
+        """Token verification for this service (the same tokens the gateway checks)."""
+        if self.jwt_mode == "rs256":
+            return AuthSettings(
+                mode="rs256",
+                jwks_url=self.jwt_jwks_url,
+                issuer=self.jwt_issuer,
+                audience=self.jwt_audience,
+            )
+        secret = self.mesh_jwt_secret
+        if secret is None:
+            # No key configured: verify against a random one, so no token is ever accepted
+            # (fail closed) while public endpoints keep working.
+            secret = SecretStr(secrets.token_urlsafe(48))
+        return AuthSettings(
+            mode="hs256", hs256_secret=secret, issuer=self.jwt_issuer, audience=self.jwt_audience
+        )
 
     @property
     def package_name(self) -> str:

@@ -32,9 +32,7 @@ def create_tracer_provider(
     processor: SpanProcessor | None = None,
 ) -> TracerProvider:
     """A provider for one service; OTLP exporter when the standard env vars ask for one."""
-    resource = Resource.create(
-        {"service.name": service_name, "service.namespace": "edumesh"}
-    )
+    resource = Resource.create({"service.name": service_name, "service.namespace": "edumesh"})
     provider = TracerProvider(resource=resource)
     if processor is not None:
         provider.add_span_processor(processor)

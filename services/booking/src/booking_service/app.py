@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from mesh_common.app import create_service_app
+
+from booking_service import __doc__ as DOC
 from booking_service.api import router
 from booking_service.models import metadata
 from booking_service.settings import Settings
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         settings,
         title="edumesh booking",
-        description="LIVE web bookings into the course database: seat and bookability checks under a lock, no overbooking, durable backlog while the backend is unreachable, confirmation mail with PDFs.",
+        description=(DOC or "").strip(),
         routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from mesh_common.app import create_service_app
+
+from course_export_service import __doc__ as DOC
 from course_export_service.api import router
 from course_export_service.models import metadata
 from course_export_service.settings import Settings
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         settings,
         title="edumesh course-export",
-        description="Exports courses from the centre's course database to the web platform backend: daily full snapshots, change detection within minutes, manual and scheduled runs, editable SQL templates.",
+        description=(DOC or "").strip(),
         routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,

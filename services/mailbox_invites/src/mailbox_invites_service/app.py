@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from mesh_common.app import create_service_app
+
+from mailbox_invites_service import __doc__ as DOC
 from mailbox_invites_service.api import router
 from mailbox_invites_service.models import metadata
 from mailbox_invites_service.settings import Settings
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         settings,
         title="edumesh mailbox-invites",
-        description="iCalendar invitations to room mailboxes over SMTP, replies read over IMAP, bounded retries and error recycling.",
+        description=(DOC or "").strip(),
         routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,

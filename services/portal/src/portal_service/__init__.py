@@ -1,1 +1,3 @@
-"""edumesh portal service. Customer upload portal: accounts with activation links, per-job folders, virus-scanned uploads, hotfolder pull, e-mail templates."""
+"""edumesh portal service. Customer upload portal: accounts with activation links, per-job folders,
+virus-scanned uploads, hotfolder pull, e-mail templates.
+"""

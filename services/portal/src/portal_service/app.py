@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from mesh_common.app import create_service_app
+
+from portal_service import __doc__ as DOC
 from portal_service.api import router
 from portal_service.models import metadata
 from portal_service.settings import Settings
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         settings,
         title="edumesh portal",
-        description="Customer upload portal: accounts with activation links, per-job folders, virus-scanned uploads, hotfolder pull, e-mail templates.",
+        description=(DOC or "").strip(),
         routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from mesh_common.app import create_service_app
+
+from profile_service import __doc__ as DOC
 from profile_service.api import router
 from profile_service.models import metadata
 from profile_service.settings import Settings
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         settings,
         title="edumesh profile",
-        description="Participant profile: address, bank data stored encrypted, order history, read by the web platform during registration.",
+        description=(DOC or "").strip(),
         routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,

@@ -1,1 +1,3 @@
-"""edumesh schulconnex-sync service. Synchronises persons, groups and memberships with a Schulconnex server over OAuth2."""
+"""edumesh schulconnex-sync service. Synchronises persons, groups and memberships with a
+Schulconnex server over OAuth2.
+"""

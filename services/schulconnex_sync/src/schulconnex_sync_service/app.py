@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI
-
 from mesh_common.app import create_service_app
+
+from schulconnex_sync_service import __doc__ as DOC
 from schulconnex_sync_service.api import router
 from schulconnex_sync_service.models import metadata
 from schulconnex_sync_service.settings import Settings
@@ -19,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return create_service_app(
         settings,
         title="edumesh schulconnex-sync",
-        description="Synchronises persons, groups and memberships with a Schulconnex server over OAuth2.",
+        description=(DOC or "").strip(),
         routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,

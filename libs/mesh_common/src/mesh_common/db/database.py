@@ -27,7 +27,10 @@ NAMING_CONVENTION = {
 
 
 def service_metadata() -> MetaData:
-    """A fresh MetaData for one service (never the global SQLModel one: services share a process)."""
+    """A fresh MetaData for one service.
+
+    Never the global SQLModel one: services share a process in the embedded default.
+    """
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 

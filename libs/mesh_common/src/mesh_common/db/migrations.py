@@ -7,6 +7,7 @@ the CLI; the version table lives in the service's schema so services migrate ind
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ from sqlalchemy import MetaData
 from sqlalchemy.engine import Connection
 
 from mesh_common.db.database import Database
+
+# alembic keeps the running migration in module globals (alembic.context, alembic.op), so two
+# services migrating at once in one process (the embedded default) would clobber each other.
+_ALEMBIC_LOCK = asyncio.Lock()
 
 
 def _config(script_location: Path, schema: str | None) -> Config:
@@ -34,7 +39,7 @@ async def upgrade(db: Database, script_location: Path, revision: str = "head") -
         cfg.attributes["connection"] = sync_conn
         command.upgrade(cfg, revision)
 
-    async with db.engine.begin() as conn:
+    async with _ALEMBIC_LOCK, db.engine.begin() as conn:
         if db.is_postgres:
             # Serialise concurrent replicas migrating the same schema.
             from sqlalchemy import text
@@ -78,5 +83,5 @@ async def make_revision(db: Database, script_location: Path, message: str) -> No
         cfg.attributes["connection"] = sync_conn
         command.revision(cfg, message=message, autogenerate=True)
 
-    async with db.engine.begin() as conn:
+    async with _ALEMBIC_LOCK, db.engine.begin() as conn:
         await conn.run_sync(_run)

@@ -22,6 +22,7 @@ from mesh_common.testing.servers import (
     MARIADB_HOST,
     MARIADB_PORT,
     PG_ADMIN_URL,
+    in_ci,
     require_server,
 )
 
@@ -29,7 +30,9 @@ from mesh_common.testing.servers import (
 def _run_psql(sql: str) -> None:
     subprocess.run(
         ["psql", PG_ADMIN_URL, "-v", "ON_ERROR_STOP=1", "-qc", sql],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -70,10 +73,33 @@ def amqp_url() -> Iterator[str]:
     try:
         yield AMQP_URL.rstrip("/") + "/" + quote(vhost, safe="")
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost], check=False, capture_output=True
+        )
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'test.sqlite3'}"
+
+
+# Under CI nothing may be skipped silently: any skip (a missing server, a missing tool, a stray
+# ``pytest.skip``) turns the run red, listed by name.
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if in_ci() and _skipped and exitstatus == 0:
+        session.exitstatus = 1
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"CI=true: {len(_skipped)} test(s) skipped, which CI forbids:", red=True
+            )
+            for nodeid in _skipped:
+                reporter.write_line(f"  {nodeid}", red=True)

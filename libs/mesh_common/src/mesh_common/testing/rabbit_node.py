@@ -172,7 +172,7 @@ class RabbitNode:
         out = self.log_file.open("ab")
         try:
             # Own session/process group: kill() takes down beam and its helpers, nothing else.
-            self.process = subprocess.Popen(  # noqa: S603 - fixed binary, no shell
+            self.process = subprocess.Popen(
                 [_tool("rabbitmq-server")],
                 env=self.env(),
                 stdout=out,
@@ -201,7 +201,7 @@ class RabbitNode:
 
     def ping(self) -> bool:
         """``rabbitmq-diagnostics ping`` against this node (True when it answers)."""
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             [_tool("rabbitmq-diagnostics"), "-q", "-n", self.nodename, "ping"],
             env=self.env(),
             capture_output=True,
@@ -212,7 +212,7 @@ class RabbitNode:
 
     def ctl(self, *args: str) -> str:
         """Run ``rabbitmqctl -n <node> ...`` and return its output (raises on failure)."""
-        result = subprocess.run(  # noqa: S603
+        result = subprocess.run(
             [_tool("rabbitmqctl"), "-q", "-n", self.nodename, *args],
             env=self.env(),
             capture_output=True,

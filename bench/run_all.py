@@ -1,0 +1,66 @@
+"""`make bench`: run every benchmark under bench/ and print one table of targets.
+
+Each benchmark script writes ``bench/results/<name>.json`` holding a ``targets`` mapping of
+``{figure: {"target": "<= 1.3", "value": float, "met": bool}}`` next to its raw figures. This
+runner executes them one after another (they share the machine's two cores, so never in
+parallel), then prints the table and writes it to ``bench/results/latest.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+SKIP = {"run_all.py"}
+
+
+def main() -> int:
+    RESULTS.mkdir(exist_ok=True)
+    scripts = sorted(p for p in BENCH.glob("*.py") if p.name not in SKIP)
+    rows: list[tuple[str, str, str, str, str]] = []
+    failures = []
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, str(script)], cwd=BENCH.parent)
+        print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
+        if proc.returncode != 0:
+            failures.append(script.name)
+            continue
+        result_file = RESULTS / f"{script.stem}.json"
+        if not result_file.exists():
+            continue
+        data = json.loads(result_file.read_text())
+        for figure, t in (data.get("targets") or {}).items():
+            rows.append(
+                (
+                    script.stem,
+                    figure,
+                    str(t.get("target")),
+                    _fmt(t.get("value")),
+                    "yes" if t.get("met") else "NO",
+                )
+            )
+    table = ["| bench | figure | target | measured | met |", "|---|---|---|---|---|"]
+    table += [f"| {' | '.join(r)} |" for r in rows]
+    text = "\n".join(table)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (RESULTS / "latest.md").write_text(f"# Benchmarks ({stamp})\n\n{text}\n")
+    print("\n" + text)
+    if failures:
+        print(f"\nfailed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

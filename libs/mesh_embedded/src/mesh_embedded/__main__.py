@@ -1,0 +1,175 @@
+"""`python -m mesh_embedded` (what `make run` starts): the whole mesh in one process.
+
+Creates ``var/``, seeds the demo course database on first start, starts local mail capture, every
+service on its own port and the gateway in front, then prints where to go and a dev token. The dev
+signing key is random per start unless ``MESH_JWT_SECRET`` is set; it is never written to disk.
+Ctrl-C (or SIGTERM) stops everything gracefully.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from coursedb.engine import create_engine as create_coursedb_engine
+from coursedb.seed import seed as seed_coursedb
+from gateway_service.app import create_app as create_gateway
+from gateway_service.settings import GatewaySettings
+from mesh_common.auth import AuthSettings, mint_token
+from mesh_common.logging import configure_logging
+from mesh_common.runner import uvicorn_config
+from pydantic import SecretStr
+
+from mesh_embedded.mailcapture import MailCapture
+from mesh_embedded.registry import GATEWAY_PORT, SERVICES
+
+log = logging.getLogger("mesh.embedded")
+
+
+class _Server(uvicorn.Server):
+    """One of several servers in this loop: the launcher, not each server, owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _seed_if_missing(url: str, exists: bool, path: Path, courses: int) -> None:
+    if exists:
+        return
+    print(f"Seeding the demo course database ({courses} courses) into {path} ...", flush=True)
+    engine = create_coursedb_engine(url)
+    try:
+        report = await seed_coursedb(engine, courses=courses, seed=1)
+        print(f"  {report}", flush=True)
+    finally:
+        await engine.dispose()
+
+
+async def run(args: argparse.Namespace) -> None:
+    var: Path = args.var_dir  # resolved and created by main(), before the loop starts
+    secret = os.environ.get("MESH_JWT_SECRET") or secrets.token_urlsafe(48)
+    coursedb_path = var / "coursedb.sqlite3"
+    coursedb_url = f"sqlite+aiosqlite:///{coursedb_path}"
+    await _seed_if_missing(coursedb_url, coursedb_path.exists(), coursedb_path, args.courses)
+
+    mail = MailCapture(var / "mail", port=args.smtp_port)
+    mail.start()
+    servers: list[_Server] = []
+    upstreams: dict[str, str] = {}
+    for spec in SERVICES:
+        settings = spec.settings_class()(
+            environment="embedded",
+            var_dir=var,
+            port=spec.port,
+            coursedb_url=coursedb_url,
+            mesh_jwt_secret=SecretStr(secret),
+            amqp_url=None,
+            log_json=False,
+        )
+        app = spec.create_app()(settings)
+        servers.append(_Server(uvicorn_config(app, host=args.host, port=spec.port, grace=10)))
+        upstreams[spec.name] = f"http://{args.host}:{spec.port}"
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks = [asyncio.create_task(s.serve(), name=f"serve:{s.config.port}") for s in servers]
+    await _wait_started(servers, tasks)
+
+    gateway_settings = GatewaySettings(
+        upstreams=upstreams,
+        auth=AuthSettings(mode="hs256", hs256_secret=SecretStr(secret)),
+    )
+    gateway = _Server(
+        uvicorn_config(
+            create_gateway(gateway_settings),
+            host=args.host,
+            port=args.port,
+            grace=10,
+            behind_gateway=False,
+        )
+    )
+    tasks.append(asyncio.create_task(gateway.serve(), name="serve:gateway"))
+    await _wait_started([gateway], tasks)
+    _banner(args, secret, var, mail)
+
+    done = asyncio.create_task(stop.wait())
+    await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    print("\nStopping edumesh ...", flush=True)
+    gateway.should_exit = True
+    for s in servers:
+        s.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    mail.stop()
+    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+    if failed or not stop.is_set():
+        raise SystemExit("a server stopped unexpectedly; see the log above")
+
+
+async def _wait_started(servers: list[_Server], tasks: list[asyncio.Task[Any]]) -> None:
+    while not all(s.started for s in servers):
+        for t in tasks:
+            if t.done():
+                raise SystemExit(f"{t.get_name()} failed to start: {t.exception()!r}")
+        await asyncio.sleep(0.05)
+
+
+def _banner(args: argparse.Namespace, secret: str, var: Path, mail: MailCapture) -> None:
+    token = mint_token(subject="dev-admin", secret=secret, roles=["admin"], ttl_seconds=8 * 3600)
+    base = f"http://{args.host}:{args.port}"
+    services = "\n".join(
+        f"    {s.name:<17} {base}/api/{s.name}/   (direct: http://{args.host}:{s.port})"
+        for s in SERVICES
+    )
+    print(
+        f"""
+edumesh is running (embedded default: SQLite, in-process bus, local mail capture)
+
+  Gateway   {base}
+  API docs  {base}/docs
+  Services
+{services}
+  Data      {var}  (course database, one SQLite file per service)
+  Mail      {mail.url}  ->  {var / "mail"} (Maildir; open the .eml files in any mail client)
+
+  Dev token (role admin, valid 8 h; the signing key is random for this run):
+    export TOKEN={token}
+    curl -H "Authorization: Bearer $TOKEN" {base}/api/booking/about
+  Mint others with: MESH_JWT_SECRET=<key> .venv/bin/mesh-token --sub alice --role staff
+  (set MESH_JWT_SECRET yourself before `make run` to keep tokens valid across restarts)
+
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m mesh_embedded", description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("EDUMESH_HOST", "127.0.0.1"))
+    env = os.environ.get
+    parser.add_argument("--port", type=int, default=int(env("EDUMESH_PORT", GATEWAY_PORT)))
+    parser.add_argument("--var-dir", default=os.environ.get("EDUMESH_VAR", "var"))
+    parser.add_argument("--courses", type=int, default=int(os.environ.get("EDUMESH_COURSES", 2000)))
+    parser.add_argument("--smtp-port", type=int, default=int(env("EDUMESH_SMTP_PORT", 8025)))
+    args = parser.parse_args()
+    args.var_dir = Path(args.var_dir).resolve()
+    args.var_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging(os.environ.get("LOG_LEVEL", "WARNING"), json=False)
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
