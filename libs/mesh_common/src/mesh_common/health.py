@@ -41,6 +41,15 @@ class HealthChecks:
 def health_router() -> APIRouter:
     router = APIRouter(prefix="/health", tags=["health"])
 
+    @router.get("/about", summary="Which service and version answer here")
+    async def about(request: Request) -> dict[str, str]:
+        settings = request.app.state.settings
+        return {
+            "service": settings.service_name,
+            "version": request.app.version,
+            "environment": settings.environment,
+        }
+
     @router.get("/live", summary="Liveness probe")
     async def live() -> dict[str, str]:
         return {"status": "ok"}

@@ -146,7 +146,7 @@ edumesh is running (embedded default: SQLite, in-process bus, local mail capture
 
   Dev token (role admin, valid 8 h; the signing key is random for this run):
     export TOKEN={token}
-    curl -H "Authorization: Bearer $TOKEN" {base}/api/booking/about
+    curl -H "Authorization: Bearer $TOKEN" {base}/api/booking/health/about
   Mint others with: MESH_JWT_SECRET=<key> .venv/bin/mesh-token --sub alice --role staff
   (set MESH_JWT_SECRET yourself before `make run` to keep tokens valid across restarts)
 

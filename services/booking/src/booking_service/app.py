@@ -8,7 +8,6 @@ from fastapi import FastAPI
 from mesh_common.app import create_service_app
 
 from booking_service import __doc__ as DOC
-from booking_service.api import router
 from booking_service.models import metadata
 from booking_service.settings import Settings
 
@@ -21,7 +20,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         title="edumesh booking",
         description=(DOC or "").strip(),
-        routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,
     )

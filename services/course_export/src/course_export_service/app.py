@@ -8,7 +8,6 @@ from fastapi import FastAPI
 from mesh_common.app import create_service_app
 
 from course_export_service import __doc__ as DOC
-from course_export_service.api import router
 from course_export_service.models import metadata
 from course_export_service.settings import Settings
 
@@ -21,7 +20,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         title="edumesh course-export",
         description=(DOC or "").strip(),
-        routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,
     )

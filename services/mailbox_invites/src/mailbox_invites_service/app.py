@@ -8,7 +8,6 @@ from fastapi import FastAPI
 from mesh_common.app import create_service_app
 
 from mailbox_invites_service import __doc__ as DOC
-from mailbox_invites_service.api import router
 from mailbox_invites_service.models import metadata
 from mailbox_invites_service.settings import Settings
 
@@ -21,7 +20,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         title="edumesh mailbox-invites",
         description=(DOC or "").strip(),
-        routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,
     )

@@ -8,7 +8,6 @@ from fastapi import FastAPI
 from mesh_common.app import create_service_app
 
 from profile_service import __doc__ as DOC
-from profile_service.api import router
 from profile_service.models import metadata
 from profile_service.settings import Settings
 
@@ -21,7 +20,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         title="edumesh profile",
         description=(DOC or "").strip(),
-        routers=[router],
         metadata=metadata,
         migrations=MIGRATIONS,
     )
