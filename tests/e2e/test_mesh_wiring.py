@@ -196,6 +196,16 @@ async def scenario(client: httpx.AsyncClient, shop: FastAPI, ledger: FastAPI) ->
     assert await seat_rows(ledger, "A1") == 1
     assert ledger.state.runtime.inbox.duplicates >= 1
 
+    # Bus traffic shows up in each service's own /metrics registry.
+    shop_metrics = shop_rt.metrics.render().decode()
+    ledger_metrics = ledger.state.runtime.metrics.render().decode()
+    published = (
+        'bus_messages_total{direction="published",outcome="ok",type="shop.seat_reserved.v1"}'
+    )
+    consumed = 'bus_messages_total{direction="consumed",outcome="ok",type="shop.seat_reserved.v1"}'
+    assert published in shop_metrics
+    assert consumed in ledger_metrics
+
 
 async def test_outbox_bus_inbox_rpc_on_embedded_default(tmp_path: Path) -> None:
     async with mesh(var_dir=tmp_path) as apps:

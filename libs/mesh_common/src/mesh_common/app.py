@@ -29,7 +29,7 @@ from mesh_common.bus.outbox import Outbox, OutboxRelay
 from mesh_common.db import Database, upgrade
 from mesh_common.errors import install_problem_handlers
 from mesh_common.health import HealthChecks, health_router
-from mesh_common.metrics import Metrics, metrics_router
+from mesh_common.metrics import BusMetricsMiddleware, Metrics, metrics_router
 from mesh_common.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from mesh_common.settings import ServiceSettings
 from mesh_common.telemetry import create_tracer_provider
@@ -123,6 +123,7 @@ def create_service_app(
     bus = create_bus(
         bus_settings or BusSettings(service=settings.service_name, amqp_url=settings.amqp_url),
         broker=broker or (process_broker() if settings.amqp_url is None else None),
+        middlewares=[BusMetricsMiddleware(metrics)],
     )
     for registry in handlers:
         bus.include(registry)

@@ -6,6 +6,8 @@ registry: each app gets a :class:`Metrics` whose registry backs its ``/metrics``
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -15,6 +17,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel
+
+from mesh_common.bus.core import ConsumeNext, MessageContext, Middleware, PublishNext
+from mesh_common.bus.envelope import Envelope
 
 
 class Metrics:
@@ -68,3 +74,28 @@ def metrics_router() -> APIRouter:
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+class BusMetricsMiddleware(Middleware):
+    """Counts every published and consumed bus message by type and outcome."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.counter = metrics.bus_messages
+
+    async def publish(self, envelope: Envelope, call_next: PublishNext) -> None:
+        try:
+            await call_next(envelope)
+        except Exception:
+            self.counter.labels("published", envelope.type, "error").inc()
+            raise
+        self.counter.labels("published", envelope.type, "ok").inc()
+
+    async def consume(self, message: BaseModel, ctx: MessageContext, call_next: ConsumeNext) -> Any:
+        outcome = "redelivered" if ctx.redelivered or ctx.attempt > 1 else "ok"
+        try:
+            result = await call_next(message, ctx)
+        except Exception:
+            self.counter.labels("consumed", ctx.message_type, "error").inc()
+            raise
+        self.counter.labels("consumed", ctx.message_type, outcome).inc()
+        return result
