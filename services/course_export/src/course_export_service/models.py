@@ -1,9 +1,9 @@
 """Tables owned by the course-export service (its own schema / database file).
 
-Nothing else writes here.
-
-``mesh_outbox`` and ``mesh_inbox`` give the service the transactional outbox and the inbox; the
-app factory wires the relay and the idempotent-handler helper when they are declared here.
+Nothing else writes here. ``mesh_outbox`` and ``mesh_inbox`` give the service the transactional
+outbox and the inbox. ``exported_courses`` remembers what the web backend was last sent for each
+course (content hash, revision, when), which is how unchanged courses are not re-sent and how
+withdrawn ones are found.
 """
 
 from __future__ import annotations
@@ -11,7 +11,20 @@ from __future__ import annotations
 from mesh_common.bus.inbox import inbox_table
 from mesh_common.bus.outbox import outbox_table
 from mesh_common.db import service_metadata
+from sqlalchemy import Column, DateTime, Integer, String, Table
 
 metadata = service_metadata()
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
+
+exported_courses = Table(
+    "exported_courses",
+    metadata,
+    Column("course_id", Integer, primary_key=True),  # the coursedb id
+    Column("number", String(20), nullable=False, index=True),  # Kursnummer, the backend's key
+    Column("content_hash", String(64), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("exported_at", DateTime(timezone=True), nullable=False),
+    # Set when a withdrawal was sent; cleared if the course is published again.
+    Column("withdrawn_at", DateTime(timezone=True), nullable=True),
+)

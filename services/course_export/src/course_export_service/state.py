@@ -1,0 +1,122 @@
+"""What the web backend was last sent: content hashes per course, and withdrawals.
+
+:func:`content_hash` fingerprints a course document without its volatile fields (revision,
+timestamps, the hash itself), so a course that was merely touched hashes the same and is not
+re-sent. :class:`ExportState` partitions freshly built documents into changed and unchanged,
+records what was sent, and lists what is published so withdrawals can be found. It runs in the
+caller's transaction (together with the outbox rows of the messages it justifies) and never
+commits on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from course_export_service.models import exported_courses
+
+VOLATILE = frozenset({"content_hash", "revision", "updated_at"})
+
+
+def content_hash(document: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``document`` without its volatile fields."""
+    stable = {k: v for k, v in document.items() if k not in VOLATILE}
+    canonical = orjson.dumps(stable, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class Built:
+    """A freshly built document for one coursedb course."""
+
+    course_id: int
+    number: str
+    revision: int
+    document: Mapping[str, Any]
+    hash: str
+
+
+@dataclass(frozen=True)
+class Partition:
+    changed: list[Built]  # new, different, or previously withdrawn
+    unchanged: list[Built]
+
+
+class ExportState:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def partition(self, built: Iterable[Built]) -> Partition:
+        items = list(built)
+        if not items:
+            return Partition([], [])
+        known = {
+            row.course_id: row
+            for row in (
+                await self.session.execute(
+                    select(
+                        exported_courses.c.course_id,
+                        exported_courses.c.content_hash,
+                        exported_courses.c.withdrawn_at,
+                    ).where(exported_courses.c.course_id.in_([b.course_id for b in items]))
+                )
+            ).all()
+        }
+        changed, unchanged = [], []
+        for b in items:
+            prev = known.get(b.course_id)
+            if prev is None or prev.content_hash != b.hash or prev.withdrawn_at is not None:
+                changed.append(b)
+            else:
+                unchanged.append(b)
+        return Partition(changed, unchanged)
+
+    async def record_sent(self, built: Iterable[Built], *, at: dt.datetime) -> None:
+        rows = [
+            {
+                "course_id": b.course_id,
+                "number": b.number,
+                "content_hash": b.hash,
+                "revision": b.revision,
+                "exported_at": at,
+                "withdrawn_at": None,
+            }
+            for b in built
+        ]
+        if not rows:
+            return
+        dialect = self.session.bind.dialect.name if self.session.bind else "sqlite"
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = insert(exported_courses).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[exported_courses.c.course_id],
+            set_={
+                c: stmt.excluded[c]
+                for c in ("number", "content_hash", "revision", "exported_at", "withdrawn_at")
+            },
+        )
+        await self.session.execute(stmt)
+
+    async def published_ids(self) -> set[int]:
+        result = await self.session.execute(
+            select(exported_courses.c.course_id).where(exported_courses.c.withdrawn_at.is_(None))
+        )
+        return set(result.scalars())
+
+    async def record_withdrawn(self, course_ids: Iterable[int], *, at: dt.datetime) -> None:
+        ids = list(course_ids)
+        if ids:
+            await self.session.execute(
+                update(exported_courses)
+                .where(exported_courses.c.course_id.in_(ids))
+                .values(withdrawn_at=at)
+            )
