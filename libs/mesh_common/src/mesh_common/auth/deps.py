@@ -33,6 +33,7 @@ from mesh_common.errors import Forbidden, Unauthorized, problem
 
 REALM = "edumesh"
 _STATE_KEY = "mesh_token_verifier"
+_SCOPE_KEY = "mesh.principal"
 
 
 def install_auth(app: FastAPI, verifier: TokenVerifier) -> None:
@@ -99,15 +100,17 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 async def _principal_of(request: Request) -> Principal | None:
-    # Verified once per request even if several dependencies ask.
-    cached = getattr(request.state, "principal", None)
+    # Verified once per request even if several dependencies ask. Cached in the ASGI scope, which
+    # is per request by definition; ``request.state`` is not safe for this, because servers and
+    # test hosts seed it from lifespan state and some share one dict across requests.
+    cached = request.scope.get(_SCOPE_KEY)
     if isinstance(cached, Principal):
         return cached
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         return None
     principal = await get_verifier(request.app).verify(token)
-    request.state.principal = principal
+    request.scope[_SCOPE_KEY] = principal
     actor_var.set(principal.subject)
     return principal
 
