@@ -11,7 +11,7 @@ from __future__ import annotations
 from mesh_common.bus.inbox import inbox_table
 from mesh_common.bus.outbox import outbox_table
 from mesh_common.db import service_metadata
-from sqlalchemy import Column, DateTime, Integer, String, Table
+from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, UniqueConstraint
 
 metadata = service_metadata()
 outbox = outbox_table(metadata)
@@ -27,4 +27,19 @@ exported_courses = Table(
     Column("exported_at", DateTime(timezone=True), nullable=False),
     # Set when a withdrawal was sent; cleared if the course is published again.
     Column("withdrawn_at", DateTime(timezone=True), nullable=True),
+)
+
+sql_templates = Table(
+    "sql_templates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("sql", Text, nullable=False),
+    Column("author", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("comment", String(500), nullable=True),
+    # Exactly one active version per kind; older ones stay for history and rollback.
+    Column("active", Boolean, nullable=False, default=False),
+    UniqueConstraint("kind", "version"),
 )

@@ -1,0 +1,114 @@
+"""HTTP API of course-export: SQL template maintenance (admin). Thin: calls the service layer."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from mesh_common.app import ServiceRuntime
+from mesh_common.auth import Principal, require
+from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from course_export_service import template_service
+from course_export_service.templates import VARIABLES, TemplateKind
+
+router = APIRouter(prefix="/templates", tags=["sql templates"])
+Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+class TemplateOut(BaseModel):
+    kind: TemplateKind
+    version: int
+    sql: str
+    author: str
+    created_at: dt.datetime
+    active: bool
+    comment: str | None = None
+
+
+class TemplateIn(BaseModel):
+    sql: Annotated[str, Field(min_length=1, max_length=20_000)]
+    comment: Annotated[str | None, Field(max_length=500)] = None
+
+
+class PreviewOut(BaseModel):
+    ok: bool
+    errors: list[str]
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    sql_diff: str
+    columns_added: list[str]
+    columns_removed: list[str]
+
+
+def _runtime(request: Request) -> ServiceRuntime:
+    runtime: ServiceRuntime = request.app.state.runtime
+    return runtime
+
+
+def _coursedb(request: Request) -> AsyncEngine:
+    engine: AsyncEngine = _runtime(request).extras["coursedb"]
+    return engine
+
+
+def _out(v: template_service.TemplateVersion) -> TemplateOut:
+    return TemplateOut(**v.__dict__)
+
+
+@router.get("", summary="Active template of every kind, and the variables templates may use")
+async def list_active(request: Request, _: Admin) -> dict[str, Any]:
+    async with _runtime(request).db.unit_of_work() as session:
+        active = [_out(await template_service.active(session, kind=k)) for k in TemplateKind]
+    return {"templates": active, "variables": VARIABLES}
+
+
+@router.get("/{kind}/versions", summary="Every stored version of one template, newest first")
+async def list_versions(request: Request, kind: TemplateKind, _: Admin) -> list[TemplateOut]:
+    async with _runtime(request).db.unit_of_work() as session:
+        return [_out(v) for v in await template_service.versions(session, kind=kind)]
+
+
+@router.post("/{kind}/preview", summary="Validate a proposal, show its first rows and the diff")
+async def preview(request: Request, kind: TemplateKind, body: TemplateIn, _: Admin) -> PreviewOut:
+    async with _runtime(request).db.unit_of_work() as session:
+        p = await template_service.preview(session, _coursedb(request), kind=kind, sql=body.sql)
+    return PreviewOut(
+        ok=p.report.ok,
+        errors=p.report.errors,
+        columns=p.report.columns,
+        rows=p.report.rows,
+        sql_diff=p.sql_diff,
+        columns_added=p.columns_added,
+        columns_removed=p.columns_removed,
+    )
+
+
+@router.post(
+    "/{kind}",
+    status_code=201,
+    summary="Store a new version and activate it (422 and no change if it is invalid)",
+)
+async def propose(
+    request: Request, kind: TemplateKind, body: TemplateIn, principal: Admin
+) -> TemplateOut:
+    async with _runtime(request).db.unit_of_work() as session:
+        v = await template_service.propose(
+            session,
+            _coursedb(request),
+            kind=kind,
+            sql=body.sql,
+            author=principal.subject,
+            comment=body.comment,
+            now=dt.datetime.now(dt.UTC),
+        )
+    return _out(v)
+
+
+@router.post("/{kind}/versions/{version}/activate", summary="Roll back or forward to a version")
+async def activate(request: Request, kind: TemplateKind, version: int, _: Admin) -> TemplateOut:
+    async with _runtime(request).db.unit_of_work() as session:
+        return _out(
+            await template_service.activate(session, _coursedb(request), kind=kind, version=version)
+        )
