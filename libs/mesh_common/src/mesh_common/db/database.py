@@ -52,7 +52,12 @@ class Database:
         self.dialect = self.url.get_backend_name()
         # Only PostgreSQL gets a schema; SQLite isolates by file, MariaDB by database.
         self.schema = schema if self.dialect == "postgresql" else None
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": self.dialect != "sqlite"}
+        # hide_parameters: a failed statement must not print bound values (secrets, IBANs) in logs.
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "pool_pre_ping": self.dialect != "sqlite",
+            "hide_parameters": True,
+        }
         if self.dialect == "sqlite":
             database = self.url.database
             if database and database != ":memory:":
