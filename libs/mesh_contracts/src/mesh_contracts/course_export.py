@@ -70,7 +70,8 @@ class CourseDocument(Value):
     summary: str | None = None
     description: str | None = None
     notes: str | None = None
-    category: list[str] = Field(default_factory=list)  # path: Fachbereich, subcategory
+    category_area: str | None = None  # Fachbereich, e.g. "Sprachen"
+    category: str | None = None  # e.g. "Spanisch"
     semester: str | None = None
     fee: Money
     discounts: list[Discount] = Field(default_factory=list)
