@@ -39,7 +39,9 @@ async def published_ids(engine: AsyncEngine) -> list[int]:
         return list(
             (
                 await conn.execute(
-                    select(c.c.id).where(c.c.publish.is_(True), c.c.status != "finished").order_by(c.c.id)
+                    select(c.c.id)
+                    .where(c.c.publish.is_(True), c.c.status != "finished")
+                    .order_by(c.c.id)
                 )
             ).scalars()
         )

@@ -112,6 +112,17 @@ class ExportState:
         )
         return set(result.scalars())
 
+    async def numbers(self, course_ids: Iterable[int]) -> dict[int, str]:
+        ids = list(course_ids)
+        if not ids:
+            return {}
+        rows = await self.session.execute(
+            select(exported_courses.c.course_id, exported_courses.c.number).where(
+                exported_courses.c.course_id.in_(ids)
+            )
+        )
+        return {r.course_id: r.number for r in rows}
+
     async def record_withdrawn(self, course_ids: Iterable[int], *, at: dt.datetime) -> None:
         ids = list(course_ids)
         if ids:
