@@ -1,0 +1,49 @@
+"""Wiring of the task runner into a service built with ``create_service_app``.
+
+``task_hooks(registry, tables)`` returns the startup and shutdown hooks that create, start and
+stop the service's :class:`TaskRunner` on the runtime's database and keep it in
+``runtime.extras["task_runner"]``, where :func:`~mesh_common.tasks.api.task_router` finds it.
+The tables themselves belong to the service's metadata and migrations. This module must not
+create tables or read settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from mesh_common.db import Database
+from mesh_common.tasks.registry import TaskRegistry
+from mesh_common.tasks.runner import TaskRunner
+from mesh_common.tasks.tables import TaskTables
+
+EXTRAS_KEY = "task_runner"
+
+
+class RuntimeLike(Protocol):
+    """The parts of ``mesh_common.app.ServiceRuntime`` the hooks use."""
+
+    db: Database
+    extras: dict[str, Any]
+
+
+RuntimeHook = Callable[[Any], Awaitable[None]]
+
+
+def task_hooks(
+    registry: TaskRegistry, tables: TaskTables, **runner_options: Any
+) -> tuple[RuntimeHook, RuntimeHook]:
+    """``(on_startup, on_shutdown)`` hooks for ``create_service_app``; ``runner_options`` go to
+    :class:`TaskRunner` (tick_seconds, lease_seconds, max_concurrency, ...)."""
+
+    async def start(runtime: RuntimeLike) -> None:
+        runner = TaskRunner(runtime.db, registry, tables, **runner_options)
+        await runner.start()
+        runtime.extras[EXTRAS_KEY] = runner
+
+    async def stop(runtime: RuntimeLike) -> None:
+        runner = runtime.extras.pop(EXTRAS_KEY, None)
+        if isinstance(runner, TaskRunner):
+            await runner.stop()
+
+    return start, stop
