@@ -8,11 +8,14 @@ from pathlib import Path
 from coursedb.engine import create_engine as create_coursedb_engine
 from fastapi import FastAPI
 from mesh_common.app import ServiceRuntime, create_service_app
+from mesh_common.tasks import task_hooks, task_router
 
 from course_export_service import __doc__ as DOC
+from course_export_service import tasks as export_tasks
 from course_export_service import template_service
 from course_export_service.api import router
 from course_export_service.models import metadata
+from course_export_service.models import tasks as task_tables
 from course_export_service.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -37,13 +40,23 @@ async def _close_coursedb(runtime: ServiceRuntime) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    holder: dict[str, ServiceRuntime] = {}
+    registry, handlers = export_tasks.build(
+        holder, cron=settings.full_export_cron, poll_seconds=settings.change_poll_seconds
+    )
+    start_tasks, stop_tasks = task_hooks(registry, task_tables)
+
+    async def remember(runtime: ServiceRuntime) -> None:
+        holder["runtime"] = runtime
+
     return create_service_app(
         settings,
         title="edumesh course-export",
         description=(DOC or "").strip(),
-        routers=[router],
+        routers=[router, task_router()],
         metadata=metadata,
         migrations=MIGRATIONS,
-        on_startup=[_open_coursedb],
-        on_shutdown=[_close_coursedb],
+        handlers=[handlers],
+        on_startup=[remember, _open_coursedb, start_tasks],
+        on_shutdown=[_close_coursedb, stop_tasks],
     )

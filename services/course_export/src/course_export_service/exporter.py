@@ -17,7 +17,7 @@ task framework's job; this module must not sleep or schedule.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,13 @@ from course_export_service import template_service
 from course_export_service.documents import BuildOutcome, DocumentBuilder
 from course_export_service.state import ExportState
 from course_export_service.templates import TemplateKind, bind_values
+
+# Called once per course with (course number or id, action, outcome, error): the task's item log.
+Reporter = Callable[[str, str, str, str | None], Awaitable[None]]
+
+
+async def _no_report(key: str, action: str, outcome: str, error: str | None) -> None:
+    return None
 
 
 @dataclass
@@ -92,7 +99,7 @@ class Exporter:
             found = await conn.execute(select(courses.c.id).where(courses.c.id.in_(course_ids)))
             return set(found.scalars())
 
-    async def full_snapshot(self) -> ExportCounts:
+    async def full_snapshot(self, report: Reporter = _no_report) -> ExportCounts:
         templates = await self._templates()
         counts = ExportCounts(snapshot_id=new_id())
         started = dt.datetime.now(dt.UTC)
@@ -105,6 +112,9 @@ class Exporter:
             for o in outcomes:
                 if o.built is None:
                     counts.failed_outcome(o)
+                    await report(
+                        o.number or f"id:{o.course_id}", "snapshot", "failed", "; ".join(o.errors)
+                    )
             seen.update(ids)
             if not built:
                 continue
@@ -120,6 +130,8 @@ class Exporter:
                     ),
                 )
             counts.exported += len(built)
+            for b in built:
+                await report(b.number, "snapshot", "ok", None)
         async with self.runtime.db.unit_of_work() as session:
             state = ExportState(session)
             gone = await state.published_ids() - seen
@@ -139,7 +151,9 @@ class Exporter:
         counts.withdrawn = len(gone)
         return counts
 
-    async def export_changes(self, course_ids: Sequence[int]) -> ExportCounts:
+    async def export_changes(
+        self, course_ids: Sequence[int], report: Reporter = _no_report
+    ) -> ExportCounts:
         templates = await self._templates()
         counts = ExportCounts()
         ids = sorted(set(course_ids))
@@ -149,6 +163,9 @@ class Exporter:
             for o in outcomes:
                 if o.built is None:
                     counts.failed_outcome(o)
+                    await report(
+                        o.number or f"id:{o.course_id}", "change", "failed", "; ".join(o.errors)
+                    )
             built = [o.built for o in outcomes if o.built is not None]
             selected = {o.course_id for o in outcomes}
             now = dt.datetime.now(dt.UTC)
@@ -181,4 +198,10 @@ class Exporter:
             counts.exported += len(part.changed)
             counts.unchanged += len(part.unchanged)
             counts.withdrawn += len(vanished)
+            for b in part.changed:
+                await report(b.number, "change", "ok", None)
+            for b in part.unchanged:
+                await report(b.number, "change", "unchanged", None)
+            for course_id in vanished:
+                await report(numbers[course_id], "withdraw", "ok", None)
         return counts

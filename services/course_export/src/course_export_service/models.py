@@ -11,11 +11,13 @@ from __future__ import annotations
 from mesh_common.bus.inbox import inbox_table
 from mesh_common.bus.outbox import outbox_table
 from mesh_common.db import service_metadata
+from mesh_common.tasks import task_tables
 from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, UniqueConstraint
 
 metadata = service_metadata()
 outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
+tasks = task_tables(metadata)
 
 exported_courses = Table(
     "exported_courses",
