@@ -43,16 +43,23 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _seed_if_missing(url: str, exists: bool, path: Path, courses: int) -> None:
-    if exists:
+async def _seed_if_missing(path: Path, courses: int) -> None:
+    """Seed the demo course database once. Seeding goes to a temporary file that replaces the
+    real one only when complete, so an interrupted first start never leaves a half-seeded
+    database behind (it would be kept and never seeded again)."""
+    if path.exists():  # noqa: ASYNC240 - startup, before serving
         return
+    partial = path.with_name(path.name + ".partial")
+    for leftover in path.parent.glob(partial.name + "*"):
+        leftover.unlink()
     print(f"Seeding the demo course database ({courses} courses) into {path} ...", flush=True)
-    engine = create_coursedb_engine(url)
+    engine = create_coursedb_engine(f"sqlite+aiosqlite:///{partial}")
     try:
         report = await seed_coursedb(engine, courses=courses, seed=1)
         print(f"  {report}", flush=True)
     finally:
         await engine.dispose()
+    partial.replace(path)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -60,7 +67,7 @@ async def run(args: argparse.Namespace) -> None:
     secret = os.environ.get("MESH_JWT_SECRET") or secrets.token_urlsafe(48)
     coursedb_path = var / "coursedb.sqlite3"
     coursedb_url = f"sqlite+aiosqlite:///{coursedb_path}"
-    await _seed_if_missing(coursedb_url, coursedb_path.exists(), coursedb_path, args.courses)
+    await _seed_if_missing(coursedb_path, args.courses)
 
     mail = MailCapture(var / "mail", port=args.smtp_port)
     mail.start()
