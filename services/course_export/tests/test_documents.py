@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from course_export_service.default_templates import DEFAULT_TEMPLATES
@@ -14,7 +15,6 @@ from coursedb import schema
 from coursedb.engine import create_engine
 from coursedb.seed import seed
 from mesh_contracts.course_export import CourseDocument
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 
@@ -33,22 +33,10 @@ async def coursedb(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         await engine.dispose()
 
 
-async def published_ids(engine: AsyncEngine) -> list[int]:
-    c = schema.courses
-    async with engine.connect() as conn:
-        return list(
-            (
-                await conn.execute(
-                    select(c.c.id)
-                    .where(c.c.publish.is_(True), c.c.status != "finished")
-                    .order_by(c.c.id)
-                )
-            ).scalars()
-        )
-
-
-async def test_documents_validate_against_the_contract(coursedb: AsyncEngine) -> None:
-    ids = await published_ids(coursedb)
+async def test_documents_validate_against_the_contract(
+    coursedb: AsyncEngine, published_courses: Any
+) -> None:
+    ids = [r.id for r in await published_courses(coursedb)]
     outcomes = await DocumentBuilder().build_for(coursedb, DEFAULT_TEMPLATES, ids)
     assert len(outcomes) == len(ids) > 0
     assert all(o.errors == [] for o in outcomes), [o.errors for o in outcomes if o.errors][:3]
@@ -63,8 +51,10 @@ async def test_documents_validate_against_the_contract(coursedb: AsyncEngine) ->
     assert all(len(o.built.hash) == 64 for o in outcomes if o.built)
 
 
-async def test_same_data_same_hash_and_a_change_changes_it(coursedb: AsyncEngine) -> None:
-    ids = (await published_ids(coursedb))[:3]
+async def test_same_data_same_hash_and_a_change_changes_it(
+    coursedb: AsyncEngine, published_courses: Any
+) -> None:
+    ids = [r.id for r in await published_courses(coursedb)][:3]
     builder = DocumentBuilder()
     first = {
         o.course_id: o.built.hash
@@ -92,8 +82,10 @@ async def test_same_data_same_hash_and_a_change_changes_it(coursedb: AsyncEngine
     assert changed[ids[1]] == first[ids[1]]
 
 
-async def test_one_broken_course_does_not_stop_the_others(coursedb: AsyncEngine) -> None:
-    ids = (await published_ids(coursedb))[:4]
+async def test_one_broken_course_does_not_stop_the_others(
+    coursedb: AsyncEngine, published_courses: Any
+) -> None:
+    ids = [r.id for r in await published_courses(coursedb)][:4]
     templates = dict(DEFAULT_TEMPLATES)
     # A centre's template that yields no fee for one course: that course fails, alone.
     templates[TemplateKind.COURSES] = DEFAULT_TEMPLATES[TemplateKind.COURSES].replace(

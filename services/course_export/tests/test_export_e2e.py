@@ -25,7 +25,7 @@ from coursedb.engine import create_engine
 from coursedb.seed import seed
 from mesh_common.app import ServiceRuntime, process_broker
 from mesh_common.bus import BusSettings, MemoryBroker, create_bus
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -57,20 +57,13 @@ async def mesh(
             await website.stop()
 
 
-async def scenario(runtime: ServiceRuntime, replica: CatalogueReplica) -> None:
+async def scenario(
+    runtime: ServiceRuntime, replica: CatalogueReplica, published_courses: Any
+) -> None:
     coursedb = runtime.extras["coursedb"]
     exporter = Exporter(runtime, coursedb, batch_size=7)
     c = schema.courses
-    async with coursedb.connect() as conn:
-        published = list(
-            (
-                await conn.execute(
-                    select(c.c.id, c.c.number)
-                    .where(c.c.publish.is_(True), c.c.status != "finished")
-                    .order_by(c.c.id)
-                )
-            ).all()
-        )
+    published = await published_courses(coursedb)
 
     counts = await exporter.full_snapshot()
     assert counts.failed == 0 and counts.exported == len(published) > 7
@@ -124,18 +117,20 @@ async def scenario(runtime: ServiceRuntime, replica: CatalogueReplica) -> None:
     assert second.withdrawn == 1
 
 
-async def test_export_on_embedded_default(tmp_path: Path) -> None:
+async def test_export_on_embedded_default(tmp_path: Path, published_courses: Any) -> None:
     async with mesh(
         {"var_dir": tmp_path}, f"sqlite+aiosqlite:///{tmp_path / 'coursedb.sqlite3'}"
     ) as (rt, replica):
-        await scenario(rt, replica)
+        await scenario(rt, replica, published_courses)
 
 
 @pytest.mark.postgres
 @pytest.mark.rabbitmq
-async def test_export_on_postgres_and_rabbitmq(pg_url: str, amqp_url: str) -> None:
+async def test_export_on_postgres_and_rabbitmq(
+    pg_url: str, amqp_url: str, published_courses: Any
+) -> None:
     schema_name = f"ce_{uuid.uuid4().hex[:6]}"
     async with mesh(
         {"database_url": pg_url, "db_schema": schema_name, "amqp_url": amqp_url}, pg_url
     ) as (rt, replica):
-        await scenario(rt, replica)
+        await scenario(rt, replica, published_courses)

@@ -21,7 +21,7 @@ from mesh_common.auth import mint_token
 from mesh_common.bus import BusSettings, create_bus
 from mesh_contracts.course_export import RunExport
 from pydantic import SecretStr
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 SECRET = "t" * 40
 STAFF = {"Authorization": "Bearer " + mint_token(subject="ops", secret=SECRET, roles=["staff"])}
@@ -58,7 +58,7 @@ async def finished(client: httpx.AsyncClient, execution_id: str) -> dict[str, An
 
 
 async def test_full_export_run_now_records_every_course(
-    app: tuple[httpx.AsyncClient, ServiceRuntime],
+    app: tuple[httpx.AsyncClient, ServiceRuntime], published_courses: Any
 ) -> None:
     client, runtime = app
     tasks = {t["name"]: t for t in (await client.get("/tasks", headers=STAFF)).json()}
@@ -71,16 +71,7 @@ async def test_full_export_run_now_records_every_course(
     assert execution["status"] == "succeeded"
     coursedb = runtime.extras["coursedb"]
     c = schema.courses
-    async with coursedb.connect() as conn:
-        published = list(
-            (
-                await conn.execute(
-                    select(c.c.id, c.c.number)
-                    .where(c.c.publish.is_(True), c.c.status != "finished")
-                    .order_by(c.c.id)
-                )
-            ).all()
-        )
+    published = await published_courses(coursedb)
     assert execution["counts"]["processed"] == len(published)
     items = (
         await client.get(

@@ -12,20 +12,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from course_export_service import template_service
+from course_export_service.template_service import TemplateVersion
 from course_export_service.templates import VARIABLES, TemplateKind
 
 router = APIRouter(prefix="/templates", tags=["sql templates"])
 Admin = Annotated[Principal, Depends(require("admin"))]
-
-
-class TemplateOut(BaseModel):
-    kind: TemplateKind
-    version: int
-    sql: str
-    author: str
-    created_at: dt.datetime
-    active: bool
-    comment: str | None = None
 
 
 class TemplateIn(BaseModel):
@@ -53,21 +44,17 @@ def _coursedb(request: Request) -> AsyncEngine:
     return engine
 
 
-def _out(v: template_service.TemplateVersion) -> TemplateOut:
-    return TemplateOut(**v.__dict__)
-
-
 @router.get("", summary="Active template of every kind, and the variables templates may use")
 async def list_active(request: Request, _: Admin) -> dict[str, Any]:
     async with _runtime(request).db.unit_of_work() as session:
-        active = [_out(await template_service.active(session, kind=k)) for k in TemplateKind]
+        active = [(await template_service.active(session, kind=k)) for k in TemplateKind]
     return {"templates": active, "variables": VARIABLES}
 
 
 @router.get("/{kind}/versions", summary="Every stored version of one template, newest first")
-async def list_versions(request: Request, kind: TemplateKind, _: Admin) -> list[TemplateOut]:
+async def list_versions(request: Request, kind: TemplateKind, _: Admin) -> list[TemplateVersion]:
     async with _runtime(request).db.unit_of_work() as session:
-        return [_out(v) for v in await template_service.versions(session, kind=kind)]
+        return [(v) for v in await template_service.versions(session, kind=kind)]
 
 
 @router.post("/{kind}/preview", summary="Validate a proposal, show its first rows and the diff")
@@ -92,7 +79,7 @@ async def preview(request: Request, kind: TemplateKind, body: TemplateIn, _: Adm
 )
 async def propose(
     request: Request, kind: TemplateKind, body: TemplateIn, principal: Admin
-) -> TemplateOut:
+) -> TemplateVersion:
     async with _runtime(request).db.unit_of_work() as session:
         v = await template_service.propose(
             session,
@@ -103,12 +90,12 @@ async def propose(
             comment=body.comment,
             now=dt.datetime.now(dt.UTC),
         )
-    return _out(v)
+    return v
 
 
 @router.post("/{kind}/versions/{version}/activate", summary="Roll back or forward to a version")
-async def activate(request: Request, kind: TemplateKind, version: int, _: Admin) -> TemplateOut:
+async def activate(request: Request, kind: TemplateKind, version: int, _: Admin) -> TemplateVersion:
     async with _runtime(request).db.unit_of_work() as session:
-        return _out(
-            await template_service.activate(session, _coursedb(request), kind=kind, version=version)
+        return await template_service.activate(
+            session, _coursedb(request), kind=kind, version=version
         )
