@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from course_export_service.state import Built, content_hash
-from course_export_service.templates import TemplateKind, bind_values
+from course_export_service.templates import TemplateKind, template_params
 
 Row = Mapping[str, Any]
 
@@ -42,7 +42,7 @@ async def fetch_rows(
     """Rows of one template for the given courses (the template is wrapped, not edited)."""
     if not course_ids:
         return []
-    params: dict[str, Any] = {k: v for k, v in bind_values().items() if f":{k}" in sql}
+    params = template_params(sql)
     wrapped = text(
         f"SELECT * FROM ({sql}) AS t WHERE t.course_id IN :ids ORDER BY t.course_id"  # noqa: S608 - validated template
     ).bindparams(bindparam("ids", expanding=True))

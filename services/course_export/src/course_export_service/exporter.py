@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from coursedb import schema as coursedb_schema
 from mesh_common.app import ServiceRuntime
@@ -37,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from course_export_service import template_service
 from course_export_service.documents import BuildOutcome, DocumentBuilder
 from course_export_service.state import ExportState
-from course_export_service.templates import TemplateKind, bind_values
+from course_export_service.templates import TemplateKind, template_params
 
 # Called once per course with (course number or id, action, outcome, error): the task's item log.
 Reporter = Callable[[str, str, str, str | None], Awaitable[None]]
@@ -82,7 +81,7 @@ class Exporter:
             return {k: (await template_service.active(session, kind=k)).sql for k in TemplateKind}
 
     async def _next_ids(self, courses_sql: str, after: int) -> list[int]:
-        params: dict[str, Any] = {k: v for k, v in bind_values().items() if f":{k}" in courses_sql}
+        params = template_params(courses_sql)
         query = text(
             f"SELECT t.course_id FROM ({courses_sql}) AS t "  # noqa: S608 - validated template
             "WHERE t.course_id > :after ORDER BY t.course_id LIMIT :n"

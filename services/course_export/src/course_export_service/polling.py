@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from coursedb import schema
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 DEFAULT_OVERLAP = dt.timedelta(minutes=2)
@@ -46,11 +46,10 @@ class TimestampPoller:
             if marker is not None:
                 query = query.where(courses.c.updated_at >= marker - self.overlap)
             rows = (await conn.execute(query)).all()
-            newest = (await conn.execute(select(func.max(courses.c.updated_at)))).scalar()
+        # The newest timestamp is among the rows read (they cover everything at or after the
+        # window's start); with no rows the marker stays where it was.
         next_marker = max(
-            [r.updated_at for r in rows]
-            + ([marker] if marker else [])
-            + ([newest] if newest else []),
+            [r.updated_at for r in rows] + ([marker] if marker else []),
             default=dt.datetime.fromtimestamp(0, dt.UTC),
         )
         return PollResult(frozenset(r.id for r in rows), next_marker)

@@ -15,16 +15,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from coursedb import schema as coursedb_schema
 from mesh_common.app import ServiceRuntime
 from mesh_common.bus import DeadLetter, HandlerRegistry, MessageContext
 from mesh_common.tasks import Cron, Interval, TaskContext, TaskRegistry
 from mesh_common.tasks.wiring import EXTRAS_KEY
 from mesh_contracts.course_export import RunExport
-from sqlalchemy import select
 
-from course_export_service.exporter import Exporter
-from course_export_service.polling import TimestampPoller
+from course_export_service.exporter import Exporter, Reporter
+from course_export_service.polling import TimestampPoller, withdrawn_ids
 from course_export_service.state import ExportState
 
 FULL, CHANGES = "full-export", "export-changes"
@@ -42,13 +40,19 @@ def build(
         runtime = holder["runtime"]
         return Exporter(runtime, runtime.extras["coursedb"])
 
-    @tasks.task(FULL, schedule=Cron(cron))
-    async def full_export(ctx: TaskContext) -> None:
+    def reporter(ctx: TaskContext, *, cancellable: bool) -> Reporter:
+        """Each course outcome becomes an item; a cancellable run stops between courses."""
+
         async def report(key: str, action: str, outcome: str, error: str | None) -> None:
-            ctx.check_cancelled()
+            if cancellable:
+                ctx.check_cancelled()
             await ctx.item(key, action, outcome, error)  # type: ignore[arg-type]
 
-        await exporter().full_snapshot(report)
+        return report
+
+    @tasks.task(FULL, schedule=Cron(cron))
+    async def full_export(ctx: TaskContext) -> None:
+        await exporter().full_snapshot(reporter(ctx, cancellable=True))
 
     @tasks.task(CHANGES, schedule=Interval(poll_seconds))
     async def export_changes(ctx: TaskContext) -> None:
@@ -57,28 +61,10 @@ def build(
         poll = await TimestampPoller(coursedb).poll(markers.get("marker"))
         async with runtime.db.unit_of_work() as session:
             published = await ExportState(session).published_ids()
-        # Published courses that no longer exist at all are found by their absence.
-        async with coursedb.connect() as conn:
-            existing = (
-                set(
-                    (
-                        await conn.execute(
-                            select(coursedb_schema.courses.c.id).where(
-                                coursedb_schema.courses.c.id.in_(list(published))
-                            )
-                        )
-                    ).scalars()
-                )
-                if published
-                else set()
-            )
-        ids = sorted(poll.course_ids | (published - existing))
-
-        async def report(key: str, action: str, outcome: str, error: str | None) -> None:
-            await ctx.item(key, action, outcome, error)  # type: ignore[arg-type]
-
+        # Published courses that were deleted or unpublished are found by their absence.
+        ids = sorted(poll.course_ids | await withdrawn_ids(coursedb, published))
         if ids:
-            await exporter().export_changes(ids, report)
+            await exporter().export_changes(ids, reporter(ctx, cancellable=False))
         markers["marker"] = poll.marker
 
     @handlers.command(RunExport)

@@ -171,6 +171,11 @@ def bind_values(now: dt.datetime | None = None) -> dict[str, Any]:
     return {"now": now, "today": now.astimezone(ZoneInfo("Europe/Berlin")).date()}
 
 
+def template_params(sql: str, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The variable values a template uses (only those it names, as drivers reject extras)."""
+    return {k: v for k, v in (values or bind_values()).items() if f":{k}" in sql}
+
+
 async def trial_run(
     engine: AsyncEngine,
     sql: str,
@@ -182,7 +187,7 @@ async def trial_run(
     """Run ``sql`` read-only with a statement timeout; return column names and up to ``limit``
     rows. Always rolled back."""
     dialect = engine.dialect.name
-    params = {k: v for k, v in (values or bind_values()).items() if f":{k}" in sql}
+    params = template_params(sql, values)
     async with engine.connect() as conn:
         if dialect == "postgresql":
             await conn.execute(text("SET TRANSACTION READ ONLY"))
