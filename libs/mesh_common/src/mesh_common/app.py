@@ -196,10 +196,6 @@ def create_service_app(
         if "mesh_inbox" in metadata.tables:
             runtime.inbox = Inbox(metadata.tables["mesh_inbox"], db.sessionmaker)
     app.state.runtime = runtime
-    app.state.settings = settings
-    app.state.db = db
-    app.state.metrics = metrics
-    app.state.health = health
     app.state.draining = False
     install_problem_handlers(app)
     install_auth(app, TokenVerifier(settings.auth_settings()))

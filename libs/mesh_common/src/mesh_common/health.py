@@ -43,7 +43,7 @@ def health_router() -> APIRouter:
 
     @router.get("/about", summary="Which service and version answer here")
     async def about(request: Request) -> dict[str, str]:
-        settings = request.app.state.settings
+        settings = request.app.state.runtime.settings
         return {
             "service": settings.service_name,
             "version": request.app.version,
@@ -56,7 +56,7 @@ def health_router() -> APIRouter:
 
     @router.get("/ready", summary="Readiness probe", response_model=None)
     async def ready(request: Request) -> JSONResponse | dict[str, object]:
-        checks: HealthChecks = request.app.state.health
+        checks: HealthChecks = request.app.state.runtime.health
         if getattr(request.app.state, "draining", False):
             return problem(503, code="draining", detail="shutting down")
         results = await checks.run()

@@ -70,7 +70,7 @@ def metrics_router() -> APIRouter:
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        m: Metrics = request.app.state.metrics
+        m: Metrics = request.app.state.runtime.metrics
         return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
