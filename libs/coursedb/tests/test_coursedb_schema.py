@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from coursedb.access import RowNotFoundError, StaleRowError, touch, update_row
+from coursedb.banking import BankCipher
 from coursedb.engine import create_engine, create_schema, drop_schema, sqlite_file
 from coursedb.schema import (
     bank_accounts,
@@ -23,6 +24,7 @@ from coursedb.schema import (
     rooms,
     semesters,
 )
+from mesh_common.secrets import SecretBox, generate_key
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -186,24 +188,26 @@ async def test_constraints_reject_bad_rows(scratch_engine: AsyncEngine) -> None:
     await _rejected(scratch_engine, registrations, _registration(6, "booked", course_id=999))
     await _rejected(scratch_engine, registrations, _registration(7, "booked", fee_charged=None))
 
-    # One default bank account per participant.
+    # One default bank account per participant; one row per participant and IBAN (by its
+    # keyed fingerprint, since the IBAN itself is stored only encrypted).
+    cipher = BankCipher(SecretBox([generate_key()]))
     account = {
         "participant_id": 1,
         "account_holder": "Jürgen Weiß",
-        "iban": "DE89370400440532013000",
+        **cipher.seal("DE89370400440532013000"),
         "is_default": True,
         "created_at": T0,
         "updated_at": T0,
     }
+    second = {**account, "id": 2, **cipher.seal("DE02120300000000202051"), "is_default": False}
     async with scratch_engine.begin() as conn:
         await conn.execute(bank_accounts.insert(), [{**account, "id": 1}])
-        await conn.execute(
-            bank_accounts.insert(),
-            [{**account, "id": 2, "iban": "DE02120300000000202051", "is_default": False}],
-        )
-    error = await _rejected(
-        scratch_engine, bank_accounts, {**account, "id": 3, "iban": "DE02100100100006820101"}
-    )
+        await conn.execute(bank_accounts.insert(), [second])
+    third = {**account, "id": 3, **cipher.seal("DE02100100100006820101")}
+    error = await _rejected(scratch_engine, bank_accounts, third)
+    assert isinstance(error, IntegrityError)
+    same_iban = {**second, "id": 4, **cipher.seal("DE02 1203 0000 0000 2020 51")}
+    error = await _rejected(scratch_engine, bank_accounts, same_iban)
     assert isinstance(error, IntegrityError)
 
 

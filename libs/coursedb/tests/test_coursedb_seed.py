@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from coursedb import catalogue
+from coursedb.banking import BankCipher, mask
 from coursedb.engine import create_engine, create_schema, drop_schema
 from coursedb.iban import german_iban, iban_check_digits, iban_is_valid
 from coursedb.schema import (
@@ -53,7 +54,9 @@ async def _digest(engine: AsyncEngine) -> dict[str, str]:
             digest = hashlib.sha256()
             result = await conn.execute(select(table).order_by(*table.primary_key.columns))
             for row in result:
-                digest.update(repr(tuple(row)).encode())
+                # The IBAN ciphertext has a random nonce; its keyed fingerprint is deterministic.
+                values = {k: v for k, v in row._mapping.items() if k != "iban_ciphertext"}
+                digest.update(repr(tuple(values.values())).encode())
             out[table.name] = digest.hexdigest()
     return out
 
@@ -234,16 +237,22 @@ async def test_statuses_and_modes_are_mixed(seeded_engine: AsyncEngine) -> None:
     assert deadline_passed and deadline_passed > 0, "no open course past its deadline"
 
 
-async def test_ibans_are_valid_and_banks_real(seeded_engine: AsyncEngine) -> None:
-    rows = await _rows(
-        seeded_engine, select(bank_accounts.c.iban, bank_accounts.c.bic, bank_accounts.c.bank_name)
-    )
+async def test_ibans_are_stored_encrypted_valid_and_banks_real(seeded_engine: AsyncEngine) -> None:
+    async with seeded_engine.connect() as conn:
+        rows = [row._mapping for row in await conn.execute(select(bank_accounts))]
     assert len(rows) > SEED_ARGS["participants"] // 2
-    for iban, bic, _bank_name in rows:
+    cipher = BankCipher.from_env()
+    for row in rows:
+        iban = cipher.open(row)
+        assert iban not in str(dict(row))  # no column holds the readable IBAN
         assert iban_is_valid(iban)
         parsed = IBAN(iban)  # schwifty: ISO 13616 check digits, German BBAN structure
         assert parsed.country_code == "DE" and len(iban) == 22
-        assert parsed.bic is not None and str(parsed.bic) == bic
+        assert parsed.bic is not None and str(parsed.bic) == row["bic"]
+        assert row["iban_masked"] == mask(iban) and row["iban_masked"].endswith(
+            iban[-4:-2] + " " + iban[-2:]
+        )
+        assert row["iban_fingerprint"] == cipher.fingerprint(iban)
 
 
 def test_catalogue_banks_exist_in_the_bank_registry() -> None:
@@ -304,7 +313,12 @@ async def test_seed_refuses_a_database_with_courses(
 async def test_bulk_insert_stores_what_core_insert_stores(scratch_engine: AsyncEngine) -> None:
     """``insert_many`` (the seed's fast path) and ``conn.execute(insert(), rows)`` agree."""
     generator = _Generator(
-        courses=40, participants=30, seed=5, today=dt.date(2026, 3, 2), batch_size=40
+        cipher=BankCipher.from_env(),
+        courses=40,
+        participants=30,
+        seed=5,
+        today=dt.date(2026, 3, 2),
+        batch_size=40,
     )
     batches = [
         generator.reference_rows(),

@@ -481,7 +481,12 @@ bank_accounts = Table(
     Column("id", Integer, primary_key=True),
     Column("participant_id", ForeignKey("participants.id", ondelete="CASCADE"), nullable=False),
     Column("account_holder", String(70), nullable=False),  # SEPA limit: 70 characters
-    Column("iban", String(34), nullable=False, index=True),  # electronic format, no spaces
+    # The IBAN is personal banking data: stored only encrypted (AES-GCM, key from the
+    # environment; see coursedb.banking). ``iban_fingerprint`` is a keyed HMAC for equality and
+    # uniqueness; ``iban_masked`` is the display form with only the last four digits readable.
+    Column("iban_ciphertext", Text, nullable=False),
+    Column("iban_fingerprint", String(64), nullable=False, index=True),
+    Column("iban_masked", String(42), nullable=False),
     Column("bic", String(11), nullable=True),
     Column("bank_name", String(100), nullable=True),
     Column("mandate_reference", String(35), nullable=True, unique=True),  # SEPA limit: 35
@@ -493,9 +498,8 @@ bank_accounts = Table(
         "default_marker", SmallInteger, Computed("CASE WHEN is_default THEN 1 END", persisted=True)
     ),
     *_audit_columns(),
-    UniqueConstraint("participant_id", "iban"),
+    UniqueConstraint("participant_id", "iban_fingerprint"),
     UniqueConstraint("participant_id", "default_marker"),
-    CheckConstraint("iban = UPPER(iban)", name="iban_upper"),
     CheckConstraint(
         "mandate_signed_on IS NULL OR mandate_reference IS NOT NULL", name="mandate_has_ref"
     ),

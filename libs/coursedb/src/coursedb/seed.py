@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coursedb import catalogue as cat
 from coursedb import schema
+from coursedb.banking import BankCipher
 from coursedb.engine import create_schema, drop_schema
 from coursedb.iban import german_iban
 from coursedb.schema import (
@@ -146,9 +147,12 @@ async def seed(
     reset: bool = False,
     batch_size: int = 1000,
     progress: Progress | None = None,
+    bank_cipher: BankCipher | None = None,
 ) -> SeedReport:
     """Fill the coursedb behind ``engine`` with ``courses`` courses and ``participants`` people.
 
+    Bank accounts are stored with the IBAN encrypted by ``bank_cipher`` (default:
+    ``BankCipher.from_env()``, i.e. ``MESH_SECRET_KEY``), see :mod:`coursedb.banking`.
     ``participants`` defaults to ``max(100, courses // 2)``; ``today`` (default: the current UTC
     date) anchors which courses are past, running and upcoming. ``reset`` drops and recreates the
     schema first; otherwise the schema is created if missing and must hold no courses.
@@ -169,6 +173,7 @@ async def seed(
         raise SeedError(f"the coursedb already holds {existing} courses; seed with reset=True")
 
     generator = _Generator(
+        cipher=bank_cipher or BankCipher.from_env(),
         courses=courses,
         participants=participants if participants is not None else max(100, courses // 2),
         seed=seed,
@@ -359,8 +364,16 @@ class _Generator:
     """Produces the rows, batch by batch, from one random stream."""
 
     def __init__(
-        self, *, courses: int, participants: int, seed: int, today: dt.date, batch_size: int
+        self,
+        *,
+        cipher: BankCipher,
+        courses: int,
+        participants: int,
+        seed: int,
+        today: dt.date,
+        batch_size: int,
     ) -> None:
+        self.cipher = cipher
         self.n_courses = courses
         self.n_participants = participants
         self.batch_size = max(1, batch_size)
@@ -637,7 +650,7 @@ class _Generator:
                             "id": account_id,
                             "participant_id": pid,
                             "account_holder": holder,
-                            "iban": iban,
+                            **self.cipher.seal(iban),
                             "bic": bic,
                             "bank_name": bank_name,
                             "mandate_reference": f"VHS-{pid:08d}-{n + 1}" if mandate else None,

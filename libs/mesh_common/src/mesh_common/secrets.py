@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -82,7 +83,7 @@ def _key_id(key: bytes) -> str:
 class SecretBox:
     """Encrypts JSON-able credentials (a string or a dict) into opaque string tokens."""
 
-    __slots__ = ("_by_id", "_primary_id")
+    __slots__ = ("_by_id", "_index_key", "_primary_id")
 
     def __init__(self, keys: Sequence[str | bytes]) -> None:
         if isinstance(keys, str | bytes):
@@ -94,6 +95,8 @@ class SecretBox:
         for key in decoded:
             self._by_id.setdefault(_key_id(key), AESGCM(key))
         self._primary_id = _key_id(decoded[0])
+        # A separate sub-key for blind indexes, so the AES key itself is never used for HMAC.
+        self._index_key = hmac.new(decoded[0], b"edumesh.blind-index.v1", hashlib.sha256).digest()
 
     @classmethod
     def from_env(cls, var: str = ENV_VAR, environ: Mapping[str, str] | None = None) -> SecretBox:
@@ -115,6 +118,13 @@ class SecretBox:
     def key_ids(self) -> list[str]:
         """Short ids of the held keys, primary first (safe to log)."""
         return [self._primary_id, *(k for k in self._by_id if k != self._primary_id)]
+
+    def blind_index(self, value: str, *, context: str) -> str:
+        """A keyed fingerprint (HMAC-SHA256, hex) of ``value`` for equality lookups and unique
+        constraints on encrypted columns, without storing the value. Derived from the primary key:
+        after a key rotation, recompute stored indexes together with :meth:`rotate`."""
+        msg = context.encode() + b"|" + value.encode()
+        return hmac.new(self._index_key, msg, hashlib.sha256).hexdigest()
 
     def encrypt(self, value: Plain, *, context: str = "") -> str:
         """Encrypt a string or a JSON-able dict with the primary key."""

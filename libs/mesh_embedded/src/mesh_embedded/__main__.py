@@ -27,6 +27,7 @@ from gateway_service.settings import GatewaySettings
 from mesh_common.auth import AuthSettings, mint_token
 from mesh_common.logging import configure_logging
 from mesh_common.runner import uvicorn_config
+from mesh_common.secrets import ENV_VAR, generate_key
 from pydantic import SecretStr
 
 from mesh_embedded.mailcapture import MailCapture
@@ -62,8 +63,27 @@ async def _seed_if_missing(path: Path, courses: int) -> None:
     partial.replace(path)
 
 
+def _dev_secret_key(var: Path) -> None:
+    """Give the embedded default a data-encryption key (``MESH_SECRET_KEY``) if none is set.
+
+    Like Rails' ``tmp/local_secret.txt``: a random key generated on first start into
+    ``var/dev-secret.key`` (mode 0600, never committed, never printed), so demo data encrypted at
+    rest (IBANs, connection credentials) stays readable across restarts. Production processes
+    take the key from the environment only and refuse to start without it (ADR 0007).
+    """
+    if os.environ.get(ENV_VAR):
+        return
+    path = var / "dev-secret.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generate_key())
+    os.environ[ENV_VAR] = path.read_text().strip()
+
+
 async def run(args: argparse.Namespace) -> None:
     var: Path = args.var_dir  # resolved and created by main(), before the loop starts
+    _dev_secret_key(var)
     secret = os.environ.get("MESH_JWT_SECRET") or secrets.token_urlsafe(48)
     coursedb_path = var / "coursedb.sqlite3"
     coursedb_url = f"sqlite+aiosqlite:///{coursedb_path}"

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
+from mesh_common.secrets import generate_key
 from mesh_common.testing.servers import (
     AMQP_URL,
     MARIADB_HOST,
@@ -25,6 +27,12 @@ from mesh_common.testing.servers import (
     in_ci,
     require_server,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Code under test encrypts personal data with MESH_SECRET_KEY; tests get a fresh random key
+    # per session (never a fixed one in a file), unless the caller set one.
+    os.environ.setdefault("MESH_SECRET_KEY", generate_key())
 
 
 def _run_psql(sql: str) -> None:

@@ -1,0 +1,86 @@
+"""Bank accounts with the IBAN encrypted at rest (coursedb.banking), on every backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from coursedb.banking import BankCipher, InvalidIBAN, add_account, check_iban, find_account, mask
+from coursedb.engine import create_schema, drop_schema
+from coursedb.schema import bank_accounts, participants
+from mesh_common.secrets import DecryptionError, SecretBox, generate_key
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+IBAN = "DE89370400440532013000"
+
+
+def test_check_iban_normalises_and_rejects_without_echoing_digits() -> None:
+    checked = check_iban("de89 3704 0044 0532 0130 00")
+    assert checked.compact == IBAN
+    assert checked.bic == "COBADEFFXXX"
+    with pytest.raises(InvalidIBAN) as err:
+        check_iban("DE88370400440532013000")  # wrong check digits
+    assert "0532" not in str(err.value)
+    with pytest.raises(InvalidIBAN):
+        check_iban("XX00")
+
+
+def test_mask_keeps_country_and_last_four() -> None:
+    assert mask(IBAN) == "DE** **** **** **** **30 00"
+
+
+def test_fingerprint_is_keyed_and_ciphertext_bound_to_its_key() -> None:
+    a, b = BankCipher(SecretBox([generate_key()])), BankCipher(SecretBox([generate_key()]))
+    assert a.fingerprint(IBAN) == a.fingerprint("DE89 3704 0044 0532 0130 00")
+    assert a.fingerprint(IBAN) != b.fingerprint(IBAN)
+    sealed = a.seal(IBAN)
+    assert IBAN not in str(sealed)
+    assert a.open(sealed) == IBAN
+    with pytest.raises(DecryptionError):
+        b.open(sealed)
+
+
+async def test_add_account_encrypts_dedupes_and_moves_the_default(
+    scratch_engine: AsyncEngine,
+) -> None:
+    cipher = BankCipher(SecretBox([generate_key()]))
+    await drop_schema(scratch_engine)
+    await create_schema(scratch_engine)
+    async with scratch_engine.begin() as conn:
+        await conn.execute(
+            participants.insert().values(
+                id=1, first_name="Jürgen", last_name="Weiß", created_at=T0, updated_at=T0
+            )
+        )
+        first = await add_account(
+            conn, cipher, participant_id=1, account_holder="Jürgen Weiß", iban=IBAN
+        )
+        again = await add_account(
+            conn,
+            cipher,
+            participant_id=1,
+            account_holder="J. Weiß",
+            iban="DE89 3704 0044 0532 0130 00",
+        )
+        second = await add_account(
+            conn,
+            cipher,
+            participant_id=1,
+            account_holder="Jürgen Weiß",
+            iban="DE02120300000000202051",
+            make_default=True,
+        )
+        with pytest.raises(InvalidIBAN):
+            await add_account(conn, cipher, participant_id=1, account_holder="x", iban="DE00123")
+    assert first == again != second
+    async with scratch_engine.connect() as conn:
+        rows = {r.id: r for r in await conn.execute(select(bank_accounts))}
+        found = await find_account(conn, cipher, 1, "DE02 1203 0000 0000 2020 51")
+    assert len(rows) == 2
+    assert not rows[first].is_default and rows[second].is_default
+    assert rows[first].bic == "COBADEFFXXX"
+    assert all(IBAN not in str(tuple(r)) for r in rows.values())
+    assert found is not None and found["id"] == second
+    assert cipher.open(rows[first]) == IBAN
