@@ -16,6 +16,7 @@ run: install ## start the whole mesh on the embedded default (SQLite, in-process
 	@$(PY) -m mesh_embedded
 
 test: install ## start the real servers and run every test tier
+	@scripts/ensure-packages.sh
 	@scripts/ensure-services.sh
 	@scripts/test.sh
 
