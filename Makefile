@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 
-.PHONY: help install run test test-unit test-integration lint fmt typecheck bench lock seed clean token
+.PHONY: help install run up-local test test-unit test-integration lint fmt typecheck bench lock seed clean token
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -14,6 +14,10 @@ install: ## install everything into .venv (uv bootstrapped if missing; pins from
 
 run: install ## start the whole mesh on the embedded default (SQLite, in-process bus, mail capture)
 	@$(PY) -m mesh_embedded
+
+up-local: install ## production topology without containers: one process per service on PostgreSQL + RabbitMQ
+	@scripts/ensure-services.sh
+	@$(PY) -m mesh_embedded.topology
 
 test: install ## start the real servers and run every test tier
 	@scripts/ensure-packages.sh
