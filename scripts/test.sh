@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p artifacts
 PYTEST=(.venv/bin/pytest -p no:cacheprovider --junitxml=artifacts/junit.xml)
-echo "== lint" && .venv/bin/ruff check libs services tests bench conftest.py
+echo "== lint" && .venv/bin/ruff check libs services tests bench deploy conftest.py
 echo "== typecheck (mypy strict on mesh_common, mesh_contracts)"
 .venv/bin/mypy libs/mesh_common/src libs/mesh_contracts/src
 echo "== tests (unit, api, bus contract on memory + RabbitMQ, db on SQLite/PostgreSQL/MariaDB, e2e)"

@@ -9,14 +9,16 @@ let any caller spoof it. Settings come from ``GATEWAY_*`` environment variables 
 from __future__ import annotations
 
 import argparse
+import os
 
 import uvicorn
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gateway_service")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    # Defaults from HOST/PORT, as for every service (the container image sets both).
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--access-log", action="store_true")
     args = parser.parse_args(argv)

@@ -36,3 +36,17 @@ def require_server(name: str, host: str, port: int) -> None:
     if in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def require_tool(name: str) -> str:
+    """Path of executable ``name``; skip (locally) or fail (CI) when it is not installed.
+    `make test` installs the Debian packages the tests use (scripts/ensure-packages.sh)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed; `make test` installs it (scripts/ensure-packages.sh)"
+    if in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
