@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,11 +24,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gateway_service.app import create_app
 from gateway_service.settings import GatewaySettings
+from mesh_common.app import create_service_app
 from mesh_common.auth import AuthSettings, mint_token
+from mesh_common.bus.memory import MemoryBroker
+from mesh_common.db import service_metadata
+from mesh_common.settings import ServiceSettings
+from mesh_common.tasks import (
+    Interval,
+    TaskContext,
+    TaskRegistry,
+    task_hooks,
+    task_router,
+    task_tables,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 SECRET = "gateway-test-secret-0123456789abcdef!"
 CHUNK = 64 * 1024
@@ -257,3 +270,128 @@ def traced_gateway(rig: Rig) -> TracedGateway:
     settings = rig.settings.model_copy(update={"max_body_bytes": 64 * 1024 * 1024})
     url = rig.thread.serve(create_app(settings, tracer_provider=provider), proxy_headers=False)
     return TracedGateway(url, exporter)
+
+
+# -- the /admin dashboard rig ---------------------------------------------------------------------
+# A real service with tasks (create_service_app + TaskRegistry + task_router on SQLite and its own
+# in-memory broker), a service without a task API, one whose task API fails, one that hangs, and
+# an address where nothing listens; a gateway in front of them.
+
+CONTACTS = [f"contact-{n}" for n in range(1, 7)]
+REJECTED = "contact-4"  # fails on ordinary runs, succeeds when retried alone
+
+
+def make_tasks_service(var_dir: Path) -> FastAPI:
+    registry = TaskRegistry()
+
+    @registry.task("sync-contacts", schedule=Interval(3600), kind="contacts")
+    async def sync_contacts(ctx: TaskContext) -> None:
+        """Push contacts to the CRM."""
+        for n, key in enumerate(CONTACTS, start=1):
+            if not ctx.wanted(key):
+                continue
+            ctx.check_cancelled()
+            if key == REJECTED and ctx.only_keys is None:
+                await ctx.item(key, "update", "failed", error="CRM rejected the e-mail address")
+            elif n == len(CONTACTS):
+                await ctx.item(key, "update", "unchanged")
+            else:
+                detail = {"email": [None, f"{key}@example.org"]} if ctx.dry_run else None
+                await ctx.item(key, "create" if n % 2 else "update", "ok", detail=detail)
+
+    @registry.task("slow-import")
+    async def slow_import(ctx: TaskContext) -> None:
+        """Imports one row every 50 ms until cancelled (at most 2000)."""
+        for n in range(1, 2001):
+            ctx.check_cancelled()
+            await ctx.item(f"row-{n}", "import", "ok")
+            if n % 5 == 0:
+                await ctx.flush()
+            await asyncio.sleep(0.05)
+
+    metadata = service_metadata()
+    tables = task_tables(metadata)
+    start, stop = task_hooks(registry, tables, tick_seconds=0.2, lease_seconds=5.0)
+    settings = ServiceSettings(
+        service_name="demo",
+        environment="test",
+        var_dir=var_dir,
+        mesh_jwt_secret=SecretStr(SECRET),
+        log_json=False,
+    )
+    return create_service_app(
+        settings,
+        title="demo service",
+        description="A service with two tasks, for the dashboard tests.",
+        routers=[task_router()],
+        metadata=metadata,
+        on_startup=[start],
+        on_shutdown=[stop],
+        broker=MemoryBroker(),
+    )
+
+
+def make_odd_upstream(kind: str) -> FastAPI:
+    """``broken``: GET /tasks... answers 500 problem+json; ``hanging``: after 3 s;
+    ``refusing``: 403 problem+json at once."""
+    app = FastAPI()
+
+    @app.get("/tasks")
+    @app.get("/tasks/{rest:path}")
+    async def tasks() -> JSONResponse:
+        if kind == "hanging":
+            await asyncio.sleep(3)
+        if kind == "refusing":
+            return JSONResponse(
+                {"title": "Forbidden", "status": 403, "code": "forbidden", "detail": "not you"},
+                status_code=403,
+                media_type="application/problem+json",
+            )
+        return JSONResponse(
+            {
+                "title": "Internal Server Error",
+                "status": 500,
+                "code": "internal-error",
+                "detail": "the task table is corrupt",
+            },
+            status_code=500,
+            media_type="application/problem+json",
+        )
+
+    return app
+
+
+@dataclass
+class AdminRig:
+    gateway: str
+    demo: str
+    thread: ServerThread
+    settings: GatewaySettings
+
+    def token(self, *roles: str, subject: str = "ops") -> str:
+        return mint_token(subject=subject, secret=SECRET, roles=roles)
+
+    def auth(self, *roles: str) -> dict[str, str]:
+        return {"Authorization": "Bearer " + self.token(*roles)}
+
+
+@pytest.fixture(scope="session")
+def admin_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminRig]:
+    thread = ServerThread()
+    try:
+        demo = thread.serve(make_tasks_service(tmp_path_factory.mktemp("demo")))
+        settings = GatewaySettings(
+            upstreams={
+                "demo": demo,
+                "plain": thread.serve(make_upstream("plain", Progress())),
+                "broken": thread.serve(make_odd_upstream("broken")),
+                "down": f"http://127.0.0.1:{free_port()}",  # nothing listens here
+            },
+            auth=AuthSettings(hs256_secret=SECRET),
+            connect_timeout_seconds=1.0,
+            admin_timeout_seconds=2.0,
+        )
+        gateway = thread.serve(create_app(settings), proxy_headers=False)
+        yield AdminRig(gateway, demo, thread, settings)
+    finally:
+        thread.stop()

@@ -166,6 +166,8 @@ edumesh is running (embedded default: SQLite, in-process bus, local mail capture
 
   Gateway   {base}
   API docs  {base}/docs
+  Ops       {base}/admin#token={token}
+            (dashboard: every service's tasks and executions; the link signs you in as dev-admin)
   Services
 {services}
   Data      {var}  (course database, one SQLite file per service)

@@ -1,10 +1,10 @@
-"""The gateway application: ``create_app(settings)`` wires proxy, OpenAPI, docs and health.
+"""The gateway application: ``create_app(settings)`` wires proxy, OpenAPI, docs, health, /admin.
 
 Responsible for assembling the edge: requests for ``/api/<service>/...`` go from the app's ASGI
 entry point straight to the proxy, skipping FastAPI's middleware stack and routing; the
-gateway's own routes (``/health/live``, ``/health/ready``, ``/openapi.json``, ``/docs``) are
-ordinary FastAPI routes. Every response carries ``x-request-id``. It must not contain proxy or
-merge logic itself.
+gateway's own routes (``/health/live``, ``/health/ready``, ``/openapi.json``, ``/docs``, the ops
+dashboard ``/admin`` of :mod:`.admin`) are ordinary FastAPI routes. Every response carries
+``x-request-id``. It must not contain proxy or merge logic itself.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from mesh_common.auth import TokenVerifier
+from mesh_common.auth import TokenVerifier, install_auth
 from mesh_common.context import request_id_var
 from mesh_common.errors import install_problem_handlers, problem
 from opentelemetry.trace import TracerProvider
 
+from gateway_service.admin import admin_openapi_paths, admin_router
 from gateway_service.headers import choose_request_id
 from gateway_service.openapi import OpenApiAggregator
 from gateway_service.proxy import API_PREFIX, Proxy, Receive, Scope, Send
@@ -104,6 +105,7 @@ def _own_paths() -> dict[str, Any]:
     return {
         "/health/live": op("Gateway liveness", "gateway__live"),
         "/health/ready": op("Gateway readiness, per upstream", "gateway__ready"),
+        **admin_openapi_paths(),
     }
 
 
@@ -206,6 +208,9 @@ def create_app(
     )
     app.state.gateway = gateway
     install_problem_handlers(app)
+    # For the gateway's own protected routes (/admin/api/...); the proxy verifies by itself.
+    install_auth(app, gateway.verifier)
+    app.include_router(admin_router(gateway.proxy.pools, timeout=settings.admin_timeout_seconds))
 
     @app.get("/health/live", tags=["gateway"])
     async def live() -> dict[str, str]:

@@ -48,6 +48,9 @@ class GatewaySettings(BaseSettings):
     openapi_ttl_seconds: float = Field(default=60.0, gt=0)
     openapi_retry_seconds: float = Field(default=5.0, gt=0)
     health_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Per upstream call of the /admin dashboard's fan-out (GET /admin/api/tasks, .../executions);
+    # a service slower than this is shown as unreachable.
+    admin_timeout_seconds: float = Field(default=5.0, gt=0)
     # Peers whose X-Forwarded-For/-Proto/-Host are believed (a load balancer in front of us).
     # Everyone else's are dropped and replaced.
     trusted_proxies: frozenset[str] = frozenset()
