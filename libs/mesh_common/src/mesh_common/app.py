@@ -121,7 +121,7 @@ def create_service_app(
     health = HealthChecks()
     health.add("database", db.ping)
     bus = create_bus(
-        bus_settings or BusSettings(service=settings.service_name, amqp_url=settings.amqp_url),
+        bus_settings or settings.bus_settings(),
         broker=broker or (process_broker() if settings.amqp_url is None else None),
         middlewares=[BusMetricsMiddleware(metrics)],
     )

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesh_common.auth.settings import AuthSettings
+from mesh_common.bus.settings import BusSettings
 
 
 class ServiceSettings(BaseSettings):
@@ -34,6 +35,10 @@ class ServiceSettings(BaseSettings):
 
     # Bus: None selects the in-memory broker (embedded default and unit tests).
     amqp_url: SecretStr | None = None
+    # amqps:// only: CA of the broker's certificate, and a client certificate for mutual TLS.
+    amqp_tls_ca_file: str | None = None
+    amqp_tls_cert_file: str | None = None
+    amqp_tls_key_file: str | None = None
 
     # The centre's course database (system of record), used by course-export, booking, profile.
     coursedb_url: str | None = None
@@ -61,6 +66,16 @@ class ServiceSettings(BaseSettings):
         if self.coursedb_url is None:
             self.coursedb_url = f"sqlite+aiosqlite:///{self.var_dir / 'coursedb.sqlite3'}"
         return self
+
+    def bus_settings(self) -> BusSettings:
+        """The bus of this service as configured by the environment."""
+        return BusSettings(
+            service=self.service_name,
+            amqp_url=self.amqp_url,
+            tls_ca_file=self.amqp_tls_ca_file,
+            tls_cert_file=self.amqp_tls_cert_file,
+            tls_key_file=self.amqp_tls_key_file,
+        )
 
     def auth_settings(self) -> AuthSettings:
         """Token verification for this service (the same tokens the gateway checks)."""

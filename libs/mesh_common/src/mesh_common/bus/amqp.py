@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -128,6 +129,22 @@ class _AmqpDelivery(Delivery):
             await message.reject(requeue=requeue)
 
 
+def tls_context(settings: BusSettings, url: str) -> ssl.SSLContext | None:
+    """The TLS context for an ``amqps://`` URL (None for plain ``amqp://``): TLS 1.2+, the
+    broker's certificate and host name verified against ``tls_ca_file`` (or the system CAs),
+    and the client certificate presented when configured. There is no switch to turn
+    verification off."""
+    if not url.startswith("amqps://"):
+        if settings.tls_ca_file or settings.tls_cert_file:
+            raise ValueError("TLS files are configured but the AMQP URL is not amqps://")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.tls_ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.tls_cert_file:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
 class AmqpTransport(Transport):
     """Transport of one bus facade over one robust AMQP connection."""
 
@@ -156,6 +173,7 @@ class AmqpTransport(Transport):
         self._closing = False
         self.connection = await aio_pika.connect_robust(
             self._url,
+            ssl_context=tls_context(self.settings, self._url),
             timeout=self.settings.connect_timeout,
             client_properties={"connection_name": f"edumesh:{self.settings.service}"},
             reconnect_interval=self.settings.reconnect_interval,

@@ -50,6 +50,16 @@ class BusSettings(BaseModel):
     reconnect_interval: Annotated[float, Field(gt=0)] = 1.0
     heartbeat: Annotated[int, Field(ge=0)] = 30
 
+    tls_ca_file: str | None = None
+    """``amqps://`` only: CA bundle that signed the broker's certificate (default: system CAs).
+    The broker's certificate is always verified, host name included."""
+
+    tls_cert_file: str | None = None
+    """``amqps://`` only: client certificate (PEM) for brokers that require mutual TLS."""
+
+    tls_key_file: str | None = None
+    """Private key of ``tls_cert_file`` (PEM)."""
+
     raise_on_unroutable_events: bool = False
     """Events are owned by the sender, who does not know its subscribers: an event nobody is
     bound to is dropped (and counted) unless this is set. Commands and RPC always raise."""
