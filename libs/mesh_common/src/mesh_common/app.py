@@ -26,6 +26,7 @@ from mesh_common.auth import TokenVerifier, install_auth
 from mesh_common.bus import Bus, BusSettings, HandlerRegistry, MemoryBroker, create_bus
 from mesh_common.bus.inbox import Inbox
 from mesh_common.bus.outbox import Outbox, OutboxRelay
+from mesh_common.bus.tracing import BusTracingMiddleware
 from mesh_common.db import Database, upgrade
 from mesh_common.errors import install_problem_handlers
 from mesh_common.health import HealthChecks, health_router
@@ -120,10 +121,11 @@ def create_service_app(
     metrics = Metrics(settings.service_name)
     health = HealthChecks()
     health.add("database", db.ping)
+    provider = tracer_provider or create_tracer_provider(settings.service_name)
     bus = create_bus(
         bus_settings or settings.bus_settings(),
         broker=broker or (process_broker() if settings.amqp_url is None else None),
-        middlewares=[BusMetricsMiddleware(metrics)],
+        middlewares=[BusMetricsMiddleware(metrics), BusTracingMiddleware(provider)],
     )
     for registry in handlers:
         bus.include(registry)
@@ -142,7 +144,7 @@ def create_service_app(
         db=db,
         metrics=metrics,
         health=health,
-        tracer_provider=tracer_provider or create_tracer_provider(settings.service_name),
+        tracer_provider=provider,
     )
 
     @asynccontextmanager
@@ -206,6 +208,7 @@ def create_service_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     _instrument(app, runtime.tracer_provider)
+    _instrument_db(db, runtime.tracer_provider)
     return app
 
 
@@ -231,3 +234,17 @@ def _instrument(app: FastAPI, provider: TracerProvider) -> None:
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, excluded_urls="health/live,health/ready,metrics"
     )
+
+
+def _instrument_db(db: Database, provider: TracerProvider) -> None:
+    """Client spans for every statement of the service's database (parameters are never
+    recorded). Per engine, with this service's provider: the instrumentor's global
+    ``instrument()`` would patch ``create_engine`` process-wide and only once."""
+    try:
+        from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+        from opentelemetry.metrics import NoOpMeter
+    except ImportError:  # pragma: no cover - dependency is declared
+        return
+    tracer = provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+    usage = NoOpMeter("mesh").create_up_down_counter("db.client.connections.usage")
+    EngineTracer(tracer, db.engine.sync_engine, usage)  # type: ignore[no-untyped-call]
