@@ -316,10 +316,12 @@ async def test_live_lease_protects_running_execution_from_reaper(
     async def slow(ctx: TaskContext) -> None:
         await release.wait()
 
-    a = await env.runner(registry, lease_seconds=0.3)
+    # A lease long enough that renewal keeps up on a loaded CI machine, short enough that the
+    # wait below outlasts it several times over: only renewal keeps the execution alive.
+    a = await env.runner(registry, lease_seconds=1.0)
     b = await env.runner(registry)
     execution_id = await a.run_now("slow")
-    await asyncio.sleep(0.5)  # longer than the lease: only renewal keeps it
+    await asyncio.sleep(2.5)
     assert await b.reap_stale() == 0
     release.set()
     assert (await a.wait(execution_id))["status"] == "succeeded"
