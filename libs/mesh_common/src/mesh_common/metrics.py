@@ -99,3 +99,6 @@ class BusMetricsMiddleware(Middleware):
             raise
         self.counter.labels("consumed", ctx.message_type, outcome).inc()
         return result
+
+    def dead_lettered(self, envelope: Envelope, queue: str, reason: str) -> None:
+        self.counter.labels("dead_lettered", envelope.type, reason).inc()

@@ -102,3 +102,56 @@ def test_error_envelopes_round_trip() -> None:
 )
 def test_topic_match(pattern: str, key: str, matches: bool) -> None:
     assert _topic_match(pattern, key) is matches
+
+
+class Flaky(BaseModel):
+    __message_type__: ClassVar[str] = "metrics.flaky.v1"
+    fail_times: int
+
+
+async def test_metrics_count_published_consumed_redelivered_and_dead_lettered() -> None:
+    import asyncio as _asyncio
+
+    from mesh_common.bus import BusSettings as _BusSettings
+    from mesh_common.bus import MemoryBroker as _MemoryBroker
+    from mesh_common.bus import create_bus as _create_bus
+    from mesh_common.metrics import BusMetricsMiddleware, Metrics
+
+    metrics = Metrics("metrics-test")
+    bus = _create_bus(
+        _BusSettings(service="metricstest", max_attempts=2, retry_delays=(0.01,)),
+        broker=_MemoryBroker(),
+        middlewares=[BusMetricsMiddleware(metrics)],
+    )
+    seen: dict[int, int] = {}
+
+    @bus.event()
+    async def on_flaky(msg: Flaky, ctx: MessageContext) -> None:
+        seen[msg.fail_times] = seen.get(msg.fail_times, 0) + 1
+        if ctx.attempt <= msg.fail_times:
+            raise RuntimeError("boom")
+
+    await bus.start()
+    try:
+        for n in (0, 1, 5):  # ok; ok on the retry; dead-lettered after 2 attempts
+            await bus.publish(Flaky(fail_times=n))
+        for _ in range(200):
+            if seen.get(5) == 2 and seen.get(1) == 2:
+                break
+            await _asyncio.sleep(0.01)
+        await _asyncio.sleep(0.05)
+    finally:
+        await bus.stop()
+
+    def value(direction: str, outcome: str) -> float:
+        v = metrics.registry.get_sample_value(
+            "bus_messages_total",
+            {"direction": direction, "type": "metrics.flaky.v1", "outcome": outcome},
+        )
+        return v or 0.0
+
+    assert value("published", "ok") == 3
+    assert value("consumed", "ok") == 1
+    assert value("consumed", "redelivered") == 1
+    assert value("consumed", "error") == 3  # 1 + 2 failed attempts
+    assert value("dead_lettered", "max-attempts") == 1

@@ -143,6 +143,10 @@ class Middleware:
     async def consume(self, message: BaseModel, ctx: MessageContext, call_next: ConsumeNext) -> Any:
         return await call_next(message, ctx)
 
+    def dead_lettered(self, envelope: Envelope, queue: str, reason: str) -> None:
+        """Called after a message was moved to the dead-letter queue of ``queue`` (``reason``:
+        max-attempts, poison, ...). For counting and alerting; must not raise."""
+
 
 @dataclass(frozen=True, slots=True)
 class HandlerSpec:
@@ -590,6 +594,11 @@ class Bus(HandlerRegistry):
         dead.headers[H_FAILED_QUEUE] = qspec.name
         dead.headers[H_FAILED_AT] = int(time.time() * 1000)  # epoch ms
         await self._move(delivery, qspec.dlq, dead)
+        for mw in self.middlewares:
+            try:
+                mw.dead_lettered(dead, qspec.name, reason)
+            except Exception:  # pragma: no cover - observers must not break delivery
+                log.exception("bus: dead-letter observer failed")
 
     async def _move(self, delivery: Delivery, queue: str, envelope: Envelope) -> None:
         """Publish to ``queue`` (confirmed), then ack; if the publish fails, requeue instead so
