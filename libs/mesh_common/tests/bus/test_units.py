@@ -18,7 +18,7 @@ from mesh_common.bus.errors import (
 from mesh_common.bus.memory import _topic_match
 from mesh_common.bus.topology import main_queue_of
 from mesh_common.context import bound
-from mesh_common.errors import Conflict
+from mesh_common.errors import Conflict, Forbidden
 from pydantic import BaseModel, ValidationError
 
 
@@ -82,6 +82,11 @@ def test_error_envelopes_round_trip() -> None:
     assert (err.code, err.status, err.detail, err.extra) == ("conflict", 409, "taken", {"seat": 3})
     custom = remote_error({"code": "x-y", "message": "m", "domain": True, "status": 418})
     assert type(custom) is RemoteDomainError and custom.status == 418
+    # A service-specific code keeps its code but maps to the family of its status.
+    forbidden = remote_error(
+        {"code": "delegation-required", "message": "m", "domain": True, "status": 403}
+    )
+    assert isinstance(forbidden, Forbidden) and forbidden.code == "delegation-required"
     internal = remote_error(error_envelope(ZeroDivisionError("boom")))
     assert isinstance(internal, RemoteInternalError) and "boom" in internal.message
     unknown = remote_error({"code": "weird"})

@@ -156,6 +156,19 @@ _DOMAIN_BY_CODE: dict[str, type[RemoteDomainError]] = {
         RemoteUnavailable,
     )
 }
+# A domain error with a service-specific code (e.g. "delegation-required") maps by its status to
+# the family class, so callers can still ``except Forbidden`` while the code stays exact.
+_DOMAIN_BY_STATUS: dict[int, type[RemoteDomainError]] = {
+    cls.status: cls
+    for cls in (
+        RemoteNotFound,
+        RemoteConflict,
+        RemoteInvalid,
+        RemoteUnauthorized,
+        RemoteForbidden,
+        RemoteUnavailable,
+    )
+}
 _PLAIN_BY_CODE: dict[str, type[RemoteError]] = {
     cls.code: cls for cls in (RemoteInternalError, RemoteInvalidRequest, RemoteDeadlineExceeded)
 }
@@ -198,7 +211,9 @@ def remote_error(envelope: Mapping[str, Any]) -> RemoteError:
     raw_status = envelope.get("status")
     status = raw_status if isinstance(raw_status, int) else None
     if envelope.get("domain"):
-        cls: type[RemoteError] = _DOMAIN_BY_CODE.get(code, RemoteDomainError)
+        cls: type[RemoteError] = _DOMAIN_BY_CODE.get(code) or _DOMAIN_BY_STATUS.get(
+            status or 0, RemoteDomainError
+        )
     else:
         cls = _PLAIN_BY_CODE.get(code, RemoteError)
     return cls(message, code=code, details=details, status=status)
