@@ -102,6 +102,11 @@ async def run(args: argparse.Namespace) -> None:
             mesh_jwt_secret=SecretStr(secret),
             amqp_url=None,
             log_json=False,
+            # Services that send mail (settings with MailSettings) deliver to the local capture;
+            # the others ignore these.
+            smtp_host=mail.controller.hostname,
+            smtp_port=mail.controller.port,
+            smtp_security="none",
         )
         app = spec.create_app()(settings)
         servers.append(_Server(uvicorn_config(app, host=args.host, port=spec.port, grace=10)))

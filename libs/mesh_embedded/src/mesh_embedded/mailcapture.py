@@ -17,8 +17,12 @@ from aiosmtpd.controller import Controller
 
 class MaildirHandler:
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
         self.maildir = mailbox.Maildir(directory, create=True)
+        # Maildir(create=True) only makes tmp/new/cur when it creates the directory itself, so
+        # an existing (e.g. pre-created) directory would refuse every message: make them here.
+        for sub in ("tmp", "new", "cur"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.SMTP)

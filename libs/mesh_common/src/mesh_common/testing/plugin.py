@@ -4,6 +4,8 @@
 - ``mariadb_url``: the same on MariaDB (asyncmy URL).
 - ``amqp_url``: a throwaway RabbitMQ vhost per test session, deleted afterwards.
 - ``sqlite_url``: a fresh SQLite file per test.
+- ``smtp_server``: a capturing SMTP server (aiosmtpd) on a free port per test
+  (:mod:`mesh_common.testing.smtp`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mesh_common.testing.servers import (
     in_ci,
     require_server,
 )
+from mesh_common.testing.smtp import smtp_server  # noqa: F401 - registers the fixture
 
 
 def pytest_configure(config: pytest.Config) -> None:
