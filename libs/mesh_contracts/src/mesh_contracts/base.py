@@ -48,7 +48,15 @@ class Command(Contract):
 
 
 class RpcRequest(Contract):
-    """A query or idempotent command answered synchronously over RPC."""
+    """A query or idempotent command answered synchronously over RPC.
+
+    ``__response_model__`` (optional, an :class:`RpcReply` subclass) names the reply:
+    ``bus.call(request)`` validates the reply into it, and the AsyncAPI document
+    (:mod:`mesh_contracts.asyncapi`) describes the reply with its schema. Without it the reply
+    is documented as untyped JSON.
+    """
+
+    __response_model__: ClassVar[type[BaseModel]]
 
 
 class RpcReply(Contract):

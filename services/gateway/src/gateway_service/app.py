@@ -26,6 +26,7 @@ from mesh_common.errors import install_problem_handlers, problem
 from opentelemetry.trace import TracerProvider
 
 from gateway_service.admin import admin_openapi_paths, admin_router
+from gateway_service.asyncapi import asyncapi_openapi_paths, asyncapi_router
 from gateway_service.headers import choose_request_id
 from gateway_service.openapi import OpenApiAggregator
 from gateway_service.proxy import API_PREFIX, Proxy, Receive, Scope, Send
@@ -106,6 +107,7 @@ def _own_paths() -> dict[str, Any]:
         "/health/live": op("Gateway liveness", "gateway__live"),
         "/health/ready": op("Gateway readiness, per upstream", "gateway__ready"),
         **admin_openapi_paths(),
+        **asyncapi_openapi_paths(),
     }
 
 
@@ -211,6 +213,8 @@ def create_app(
     # For the gateway's own protected routes (/admin/api/...); the proxy verifies by itself.
     install_auth(app, gateway.verifier)
     app.include_router(admin_router(gateway.proxy.pools, timeout=settings.admin_timeout_seconds))
+    # AsyncAPI document of the AMQP messages beside the OpenAPI docs (public).
+    app.include_router(asyncapi_router(settings))
 
     @app.get("/health/live", tags=["gateway"])
     async def live() -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from mesh_common.auth import AuthSettings
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -21,6 +21,20 @@ DEFAULT_PUBLIC_PATHS = [
     "/api/*/openapi.json",
     "/api/portal/public/*",
 ]
+
+
+class AsyncApiSettings(BaseModel):
+    """What the AsyncAPI document (``/asyncapi.json``) tells integrators about the broker
+    (``GATEWAY_ASYNCAPI__PRODUCTION_HOST`` etc.)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The AMQPS endpoint outside systems connect to (host:port), and a developer's broker.
+    production_host: str = "rabbitmq:5671"
+    local_host: str = "127.0.0.1:5672"
+    vhost: str = "edumesh"
+    # The services' bus prefix (BusSettings.prefix), if any: it prefixes the exchange names.
+    prefix: str = ""
 
 
 class GatewaySettings(BaseSettings):
@@ -57,6 +71,7 @@ class GatewaySettings(BaseSettings):
     # By default the gateway starts a new trace at the edge: outside callers do not get to
     # choose trace ids that internal services then trust.
     trust_inbound_traceparent: bool = False
+    asyncapi: AsyncApiSettings = Field(default_factory=AsyncApiSettings)
     title: str = "edumesh API"
     version: str = "0.1.0"
 
