@@ -238,6 +238,39 @@ async def test_poison_messages_go_straight_to_dlq(backend, eventually) -> None:
     assert len(await consumer.dlq_list("mailbox_invites.send_invite")) == 2
 
 
+async def test_a_message_without_id_is_dead_lettered_not_handled(backend, eventually) -> None:
+    """A foreign publisher that sends no message_id cannot be deduplicated, so the message is
+    refused. (Our own AMQP client cannot send one: aiormq assigns an id to every publish with
+    confirms, so only the memory backend can inject it; the check itself is backend-neutral.)"""
+    calls = 0
+    consumer = backend.bus("mailbox_invites")
+
+    @consumer.command()
+    async def send_invite(msg: SendInvite, ctx: MessageContext) -> None:
+        nonlocal calls
+        calls += 1
+
+    await consumer.start()
+    env = Envelope(
+        kind="command",
+        type=SendInvite.__message_type__,
+        body=b'{"email": "a@example.org"}',
+        headers={H_KIND: "command"},
+        message_id="",
+    )
+    await consumer.transport.publish(consumer.topology.commands, env.type, env)
+    if backend.name == "amqp":
+        await eventually(lambda: calls == 1)  # aiormq gave it an id on the way
+        return
+
+    async def one_dead() -> bool:
+        return len(await consumer.dlq_list("mailbox_invites.send_invite")) == 1
+
+    await eventually(one_dead)
+    (dead,) = await consumer.dlq_list("mailbox_invites.send_invite")
+    assert dead["error"].startswith("no-message-id") and calls == 0
+
+
 async def test_exhausted_retries_dead_letter_then_replay(backend, eventually) -> None:
     healthy = False
     attempts: list[int] = []

@@ -529,6 +529,13 @@ class Bus(HandlerRegistry):
         self, spec: HandlerSpec, qspec: QueueSpec, chain: ConsumeNext, delivery: Delivery
     ) -> None:
         env = delivery.envelope
+        if not env.message_id:
+            # Without an id the inbox cannot tell repeats apart (every id-less message would
+            # look like the first one): refuse it visibly instead of guessing.
+            await self._dead_letter(
+                qspec, delivery, ValueError("message has no message_id"), reason="no-message-id"
+            )
+            return
         try:
             message = spec.model.model_validate_json(env.body)
         except ValidationError as exc:
