@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import secrets
@@ -28,7 +29,9 @@ from mesh_common.auth import AuthSettings, mint_token
 from mesh_common.logging import configure_logging
 from mesh_common.runner import uvicorn_config
 from mesh_common.secrets import ENV_VAR, generate_key
+from mesh_common.testing.brevo_fake import FakeBrevo
 from pydantic import SecretStr
+from schulconnex_sync_service.fake.embedded import start_embedded_fake
 
 from mesh_embedded.mailcapture import MailCapture
 from mesh_embedded.registry import GATEWAY_PORT, SERVICES
@@ -91,13 +94,22 @@ async def run(args: argparse.Namespace) -> None:
 
     mail = MailCapture(var / "mail", port=args.smtp_port)
     mail.start()
+    # A spec-validating fake Schulconnex server for schulconnex-sync (unless SCHULCONNEX_BASE_URL
+    # names a real one); it sets SCHULCONNEX_* in the environment the service's settings read.
+    schulconnex = await start_embedded_fake(args.host)
     servers: list[_Server] = []
+    # A fake Brevo API (in memory) for the profile service's contact sync demo. Its key is
+    # derived from the dev data key, so a stored connection keeps working across restarts.
+    fake_key = hmac.new(os.environ[ENV_VAR].encode(), b"fake-brevo", "sha256").hexdigest()
+    brevo = FakeBrevo([f"xkeysib-{fake_key}"])
+    brevo_cfg = uvicorn_config(brevo.app, host=args.host, port=args.brevo_port, grace=1)
+    servers.append(_Server(brevo_cfg))
     upstreams: dict[str, str] = {}
     for spec in SERVICES:
         settings = spec.settings_class()(
             environment="embedded",
             var_dir=var,
-            port=spec.port,
+            port=spec.port + args.port_offset,
             coursedb_url=coursedb_url,
             mesh_jwt_secret=SecretStr(secret),
             amqp_url=None,
@@ -109,8 +121,9 @@ async def run(args: argparse.Namespace) -> None:
             smtp_security="none",
         )
         app = spec.create_app()(settings)
-        servers.append(_Server(uvicorn_config(app, host=args.host, port=spec.port, grace=10)))
-        upstreams[spec.name] = f"http://{args.host}:{spec.port}"
+        port = spec.port + args.port_offset
+        servers.append(_Server(uvicorn_config(app, host=args.host, port=port, grace=10)))
+        upstreams[spec.name] = f"http://{args.host}:{port}"
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,8 +148,10 @@ async def run(args: argparse.Namespace) -> None:
     )
     tasks.append(asyncio.create_task(gateway.serve(), name="serve:gateway"))
     await _wait_started([gateway], tasks)
-    _banner(args, secret, var, mail)
+    _banner(args, secret, var, mail, brevo_key=next(iter(brevo.api_keys)))
 
+    if schulconnex is not None:
+        print(f"  Schulconnex (fake, for schulconnex-sync)  {schulconnex.base_url}\n", flush=True)
     done = asyncio.create_task(stop.wait())
     await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
     print("\nStopping edumesh ...", flush=True)
@@ -145,6 +160,8 @@ async def run(args: argparse.Namespace) -> None:
         s.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     mail.stop()
+    if schulconnex is not None:
+        await schulconnex.stop()
     failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
     if failed or not stop.is_set():
         raise SystemExit("a server stopped unexpectedly; see the log above")
@@ -158,11 +175,14 @@ async def _wait_started(servers: list[_Server], tasks: list[asyncio.Task[Any]]) 
         await asyncio.sleep(0.05)
 
 
-def _banner(args: argparse.Namespace, secret: str, var: Path, mail: MailCapture) -> None:
+def _banner(
+    args: argparse.Namespace, secret: str, var: Path, mail: MailCapture, *, brevo_key: str = ""
+) -> None:
     token = mint_token(subject="dev-admin", secret=secret, roles=["admin"], ttl_seconds=8 * 3600)
     base = f"http://{args.host}:{args.port}"
     services = "\n".join(
-        f"    {s.name:<17} {base}/api/{s.name}/   (direct: http://{args.host}:{s.port})"
+        f"    {s.name:<17} {base}/api/{s.name}/"
+        f"   (direct: http://{args.host}:{s.port + args.port_offset})"
         for s in SERVICES
     )
     print(
@@ -177,6 +197,11 @@ edumesh is running (embedded default: SQLite, in-process bus, local mail capture
 {services}
   Data      {var}  (course database, one SQLite file per service)
   Mail      {mail.url}  ->  {var / "mail"} (Maildir; open the .eml files in any mail client)
+  Brevo     http://{args.host}:{args.brevo_port}  (fake Brevo API v3, in memory; api-key below)
+            connect it: curl -X POST -H "Authorization: Bearer $TOKEN" \\
+              -H 'content-type: application/json' {base}/api/profile/connections \\
+              -d '{{"name": "brevo", "kind": "brevo", "settings": {{"base_url":
+                   "http://{args.host}:{args.brevo_port}", "api_key": "{brevo_key}"}}}}'
 
   Dev token (role admin, valid 8 h; the signing key is random for this run):
     export TOKEN={token}
@@ -197,7 +222,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(env("EDUMESH_PORT", GATEWAY_PORT)))
     parser.add_argument("--var-dir", default=os.environ.get("EDUMESH_VAR", "var"))
     parser.add_argument("--courses", type=int, default=int(os.environ.get("EDUMESH_COURSES", 2000)))
+    # Services listen on 8101..8106 plus this offset (two meshes side by side, tests).
+    parser.add_argument(
+        "--port-offset", type=int, default=int(env("EDUMESH_SERVICE_PORT_OFFSET", 0))
+    )
     parser.add_argument("--smtp-port", type=int, default=int(env("EDUMESH_SMTP_PORT", 8025)))
+    parser.add_argument("--brevo-port", type=int, default=int(env("EDUMESH_BREVO_PORT", 8090)))
     args = parser.parse_args()
     args.var_dir = Path(args.var_dir).resolve()
     args.var_dir.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,10 @@ A definition is data (store it as JSON, exchange it as JSON or YAML)::
 
 Use it as ``m = compile_mapping(load_yaml(text))`` once, then ``m.apply(row, since=marker)``
 per record (or ``m.run(rows, since=marker)``); each result has ``record``, ``errors`` (a list of
-:class:`MappingError`) and ``skipped``. Public surface only here; the language lives in
-:mod:`.model` and its runtime in :mod:`.compiler`. This package must not do IO or evaluate code
+:class:`MappingError`) and ``skipped``. ``check_sources(defn, schema)`` reports source paths the
+records do not have (schema: a pydantic model or dotted paths). Public surface only here; the
+language lives in :mod:`.model`, its runtime in :mod:`.compiler`, source checks in
+:mod:`.sources`. This package must not do IO or evaluate code
 from definitions.
 """
 
@@ -48,6 +50,7 @@ from mesh_common.mapping.model import (
     load_yaml,
     to_dict,
 )
+from mesh_common.mapping.sources import SourceSchema, check_sources, require_sources
 
 __all__ = [
     "CompiledMapping",
@@ -55,6 +58,8 @@ __all__ = [
     "MappingError",
     "MappingResult",
     "MappingValidationError",
+    "SourceSchema",
+    "check_sources",
     "compile_mapping",
     "dump_json",
     "dump_yaml",
@@ -62,5 +67,6 @@ __all__ = [
     "load_json",
     "load_mapping",
     "load_yaml",
+    "require_sources",
     "to_dict",
 ]

@@ -63,6 +63,8 @@ class MappingResult:
     record: dict[str, Any] | None
     errors: list[MappingError] = field(default_factory=list)
     skipped: bool = False
+    # With errors: the fields that did map (for reporting every problem of a record at once).
+    partial: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -551,7 +553,7 @@ class CompiledMapping:
                     continue
             f.setter(out, v)
         if errors:
-            return MappingResult(None, errors)
+            return MappingResult(None, errors, partial=out)
         return MappingResult(out)
 
     def run(

@@ -32,7 +32,9 @@ from mesh_common.errors import Invalid
 # platform-specific ones (%-d, %k, %s ...) are refused so a definition means the same everywhere.
 _DIRECTIVES = frozenset("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
 _DIRECTIVE = re.compile(r"%(.)", re.S)
-_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.(-?[0-9]+|[A-Za-z_][A-Za-z0-9_\-]*))*$")
+# Names may hold any Unicode letters ("Straße", "E-Mail": spreadsheet headers are German).
+_NAME = r"[^\W\d][\w\-]*"
+_PATH = re.compile(rf"^{_NAME}(\.(-?[0-9]+|{_NAME}))*$")
 
 
 def _check_pattern(pattern: str) -> str:
@@ -395,8 +397,20 @@ def load_mapping(data: Any) -> MappingDefinition:
             if isinstance(ctx_err, _LocatedError):
                 errors.append((_format_loc(ctx_err.loc, data), ctx_err.message))
             else:
-                errors.append((_format_loc(tuple(e["loc"]), data), _clean_msg(e["msg"])))
+                loc = _format_loc(tuple(e["loc"]), data)
+                errors.append((loc, _unknown_op(e, loc) or _clean_msg(e["msg"])))
         raise MappingValidationError(errors) from None
+
+
+def _unknown_op(error: Any, loc: str) -> str | None:
+    """``unknown transform 'reverse' (known: trim, upper, ...)`` instead of pydantic's wording
+    about tagged unions, for a transform or a filter condition with an unknown ``op``."""
+    if error.get("type") != "union_tag_invalid":
+        return None
+    ctx = error.get("ctx") or {}
+    what = "transform" if loc.rsplit(".", 1)[-1].startswith("transform") else "operator"
+    known = str(ctx.get("expected_tags", "")).replace("'", "")
+    return f"unknown {what} {ctx.get('tag')!r} (known: {known})"
 
 
 class _NoDatesLoader(yaml.SafeLoader):  # type: ignore[misc]

@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,7 @@ class TaskRunner:
         stop_grace_seconds: float = 10.0,
         clock: Callable[[], float] = time.time,
         runner_id: str | None = None,
+        on_finish: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
         if lease_seconds <= 3 * tick_seconds:
             # Leases are renewed from the tick; a slower tick would let them lapse mid-run.
@@ -104,6 +105,9 @@ class TaskRunner:
         self.stop_grace_seconds = stop_grace_seconds
         self.clock = clock
         self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        # Called with the final execution row once per execution, by the replica that recorded
+        # its end (or reaped it); e.g. the connector framework's e-mail notifications.
+        self.on_finish = on_finish
         self._sem = asyncio.Semaphore(max_concurrency)
         self._runs: dict[str, _Run] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -294,21 +298,27 @@ class TaskRunner:
             .where(ex.c.status == RUNNING, ~select(leases.c.task).where(live).exists())
             .where(ex.c.id.not_in(list(self._runs)) if self._runs else ex.c.id.is_not(None))
         )
+        reaped: list[str] = []
         async with self.db.engine.begin() as conn:
             ids = list((await conn.execute(stale)).scalars())
             if not ids:
                 return 0
-            res = await conn.execute(
-                update(ex)
-                .where(ex.c.id.in_(ids), ex.c.status == RUNNING)
-                .values(
-                    status=FAILED,
-                    finished_at=now,
-                    error="lease expired: the runner executing it stopped or crashed",
+            for execution_id in ids:  # one by one: we notify for the rows *we* changed
+                res = await conn.execute(
+                    update(ex)
+                    .where(ex.c.id == execution_id, ex.c.status == RUNNING)
+                    .values(
+                        status=FAILED,
+                        finished_at=now,
+                        error="lease expired: the runner executing it stopped or crashed",
+                    )
                 )
-            )
-        log.warning("marked %d stale execution(s) failed: %s", len(ids), ids)
-        return int(res.rowcount)
+                if res.rowcount == 1:
+                    reaped.append(execution_id)
+        log.warning("marked %d stale execution(s) failed: %s", len(reaped), reaped)
+        for execution_id in reaped:
+            await self._finished(execution_id)
+        return len(reaped)
 
     # ---------------------------------------------------------------- starting runs
 
@@ -452,8 +462,9 @@ class TaskRunner:
                     await _flush_quietly(ctx)
                     status, error = FAILED, f"{type(exc).__name__}: {exc}"
         finally:
+            recorded = False
             try:
-                await self._finish(run, status, error)
+                recorded = await self._finish(run, status, error)
             except Exception:
                 # The lease will expire and a reaper marks the execution failed.
                 log.exception("could not record the end of execution %s", run.execution_id)
@@ -464,11 +475,23 @@ class TaskRunner:
                 await self._release(run.task, run.execution_id)
             except Exception:
                 log.exception("could not release the lease of %s", run.execution_id)
+            if recorded:
+                await self._finished(run.execution_id)
 
-    async def _finish(self, run: _Run, status: str, error: str | None) -> None:
+    async def _finished(self, execution_id: str) -> None:
+        """Hand the final execution to ``on_finish``; its failures are logged, never raised."""
+        if self.on_finish is None:
+            return
+        try:
+            await self.on_finish(await self.get_execution(execution_id))
+        except Exception:
+            log.exception("on_finish hook failed for execution %s", execution_id)
+
+    async def _finish(self, run: _Run, status: str, error: str | None) -> bool:
+        """Record the end; False if the execution was no longer running (a reaper failed it)."""
         ex = self.t.executions
         async with self.db.engine.begin() as conn:
-            await conn.execute(
+            res = await conn.execute(
                 update(ex)
                 .where(ex.c.id == run.execution_id, ex.c.status == RUNNING)
                 .values(
@@ -478,6 +501,7 @@ class TaskRunner:
                     error=error,
                 )
             )
+        return bool(res.rowcount == 1)
 
     # ---------------------------------------------------------------- public commands
 
