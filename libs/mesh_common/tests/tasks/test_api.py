@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 from mesh_common.auth import AuthSettings, TokenVerifier, install_auth, mint_token
 from mesh_common.errors import install_problem_handlers
+from mesh_common.metrics import Metrics
 from mesh_common.tasks import (
     Interval,
     TaskContext,
@@ -139,8 +140,14 @@ async def test_hooks_start_the_runner_the_router_finds(env: Env, registry: TaskR
     async def hello(ctx: TaskContext) -> None:
         await ctx.item("x", "say", "ok")
 
-    start, stop = task_hooks(registry, env.tables, tick_seconds=0.02)
-    runtime = SimpleNamespace(db=env.database(), extras={})
+    finished: list[str] = []
+
+    async def on_finish(execution: dict) -> None:
+        finished.append(execution["status"])
+
+    start, stop = task_hooks(registry, env.tables, tick_seconds=0.02, on_finish=on_finish)
+    metrics = Metrics("tasks-test")
+    runtime = SimpleNamespace(db=env.database(), extras={}, metrics=metrics)
     await start(runtime)
     app = FastAPI()
     install_problem_handlers(app)
@@ -155,6 +162,16 @@ async def test_hooks_start_the_runner_the_router_finds(env: Env, registry: TaskR
             assert r.status_code == 202
             done = await runtime.extras["task_runner"].wait(r.json()["execution_id"])
             assert done["status"] == "succeeded"
+            for _ in range(50):  # on_finish runs right after the status is written
+                if finished:
+                    break
+                await asyncio.sleep(0.02)
     finally:
         await stop(runtime)
+    # The service's own hook still runs, and the execution is counted on /metrics.
+    assert finished == ["succeeded"]
+    sample = metrics.registry.get_sample_value(
+        "task_executions_total", {"task": "hello", "status": "succeeded"}
+    )
+    assert sample == 1
     assert "task_runner" not in runtime.extras

@@ -25,6 +25,7 @@ class RuntimeLike(Protocol):
 
     db: Database
     extras: dict[str, Any]
+    metrics: Any  # mesh_common.metrics.Metrics (task_executions_total)
 
 
 RuntimeHook = Callable[[Any], Awaitable[None]]
@@ -37,7 +38,18 @@ def task_hooks(
     :class:`TaskRunner` (tick_seconds, lease_seconds, max_concurrency, ...)."""
 
     async def start(runtime: RuntimeLike) -> None:
-        runner = TaskRunner(runtime.db, registry, tables, **runner_options)
+        counter = getattr(getattr(runtime, "metrics", None), "task_executions", None)
+        user_hook = runner_options.get("on_finish")
+        options = {k: v for k, v in runner_options.items() if k != "on_finish"}
+
+        async def on_finish(execution: dict[str, Any]) -> None:
+            # task_executions_total{task, status} on the service's /metrics.
+            if counter is not None:
+                counter.labels(execution.get("task", "?"), execution.get("status", "?")).inc()
+            if user_hook is not None:
+                await user_hook(execution)
+
+        runner = TaskRunner(runtime.db, registry, tables, on_finish=on_finish, **options)
         await runner.start()
         runtime.extras[EXTRAS_KEY] = runner
 
