@@ -28,6 +28,7 @@ from mesh_common.bus.inbox import Inbox
 from mesh_common.bus.outbox import Outbox, OutboxRelay
 from mesh_common.bus.tracing import BusTracingMiddleware
 from mesh_common.db import Database, upgrade
+from mesh_common.docs import install_docs
 from mesh_common.errors import install_problem_handlers
 from mesh_common.health import HealthChecks, health_router
 from mesh_common.metrics import BusMetricsMiddleware, Metrics, metrics_router
@@ -188,9 +189,11 @@ def create_service_app(
         description=description,
         version=version,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # install_docs: Swagger UI from local assets, no CDN
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
+    install_docs(app, title=title)
     if metadata is not None:
         # A service that declares the mesh tables gets the outbox relay and the inbox wired.
         if "mesh_outbox" in metadata.tables:

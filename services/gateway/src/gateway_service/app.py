@@ -18,10 +18,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from mesh_common.auth import TokenVerifier, install_auth
 from mesh_common.context import request_id_var
+from mesh_common.docs import install_docs
 from mesh_common.errors import install_problem_handlers, problem
 from opentelemetry.trace import TracerProvider
 
@@ -229,9 +229,8 @@ def create_app(
     async def openapi() -> JSONResponse:
         return JSONResponse(await gateway.openapi.document())
 
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{settings.title} - docs")
+    # Swagger UI for the aggregated document, assets served by the gateway itself (no CDN).
+    install_docs(app, title=settings.title)
 
     app.proxy = gateway.proxy
     return app

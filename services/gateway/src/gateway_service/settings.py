@@ -19,6 +19,8 @@ DEFAULT_PUBLIC_PATHS = [
     "/api/*/health/live",
     "/api/*/health/ready",
     "/api/*/openapi.json",
+    "/api/*/docs",
+    "/api/*/docs-static/*",
     "/api/portal/public/*",
 ]
 
