@@ -12,18 +12,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
-from mesh_common.auth import TokenVerifier, install_auth
+from mesh_common.auth import Principal, TokenVerifier, current_principal, install_auth
 from mesh_common.context import request_id_var
 from mesh_common.docs import install_docs
-from mesh_common.errors import install_problem_handlers, problem
+from mesh_common.errors import Forbidden, install_problem_handlers, problem
+from mesh_common.telemetry import create_tracer_provider
 from opentelemetry.trace import TracerProvider
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway_service.admin import admin_openapi_paths, admin_router
 from gateway_service.asyncapi import asyncapi_openapi_paths, asyncapi_router
@@ -216,6 +219,13 @@ def create_app(
     # AsyncAPI document of the AMQP messages beside the OpenAPI docs (public).
     app.include_router(asyncapi_router(settings))
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(principal: Principal = Depends(current_principal)) -> Response:
+        # The gateway faces the internet: its metrics only for ops and scrapers with a token.
+        if not (principal.has_role("staff") or principal.has_role("service")):
+            raise Forbidden("metrics need the staff or service role", code="forbidden")
+        return Response(gateway.proxy.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/health/live", tags=["gateway"])
     async def live() -> dict[str, str]:
         return {"status": "ok"}
@@ -239,4 +249,11 @@ def create_app(
 def create_app_from_env() -> FastAPI:
     """Zero-argument factory for ``uvicorn --factory gateway_service.app:create_app_from_env``;
     reads ``GATEWAY_*`` from the environment at call time, never at import."""
-    return create_app(GatewaySettings())
+    provider = None
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    ):
+        # Spans exported over OTLP like every service's; without an endpoint the gateway makes
+        # no spans at all (it still writes a traceparent) to keep the proxy path lean.
+        provider = create_tracer_provider("gateway")
+    return create_app(GatewaySettings(), tracer_provider=provider)

@@ -17,6 +17,7 @@ import asyncio
 import fnmatch
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from gateway_service.headers import (
     new_traceparent,
     split_inbound,
 )
+from gateway_service.metrics import GatewayMetrics
 from gateway_service.settings import GatewaySettings
 from gateway_service.upstream import (
     ConnectFailed,
@@ -99,6 +101,8 @@ class Proxy:
         # (see resolve_tracing); otherwise no spans are made at all (the no-op API still costs
         # tens of microseconds per request) and the proxy writes a traceparent of its own.
         self._tracer: trace.Tracer | None = None
+        self.metrics = GatewayMetrics()
+        self._pool_names = {id(pool): name for name, pool in self.pools.items()}
         if tracer_provider is not None:
             self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
@@ -130,6 +134,7 @@ class Proxy:
         prefix = (API_PREFIX + service).encode()
         if pool is None or raw_path[: len(prefix)] != prefix:
             # (a percent-encoded service name is not a service name)
+            self.metrics.refused.labels("unknown-service").inc()
             await self._problem(
                 send, scope, request_id, 404, "unknown-service", f"no service named {service!r}"
             )
@@ -137,6 +142,7 @@ class Proxy:
         if "/./" in path + "/" or "/../" in path + "/":
             # Refuse dot segments outright: a public-path glob must not be bypassable by
             # "/public/../private", whatever the upstream's router would make of it.
+            self.metrics.refused.labels("invalid-path").inc()
             await self._problem(send, scope, request_id, 400, "invalid-path", "dot segments")
             return
 
@@ -149,6 +155,7 @@ class Proxy:
             elif not self.is_public(path):
                 raise Unauthorized("a bearer token is required", code="token-missing")
         except (Unauthorized, Forbidden) as exc:
+            self.metrics.refused.labels(exc.code).inc()
             await self._send_response(send, auth_problem(exc, instance=path), request_id)
             return
         except DomainError as exc:  # e.g. 503 when the identity provider's keys are unavailable
@@ -230,6 +237,27 @@ class Proxy:
             span.end()
 
     async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        pool: UpstreamPool,
+        target: bytes,
+        headers: list[tuple[str, str]],
+        body: bytes | AsyncIterator[bytes] | None,
+        content_length: int | None,
+        state: _BodyState,
+    ) -> int:
+        started = time.perf_counter()
+        status = await self._forward_inner(
+            scope, receive, send, request_id, pool, target, headers, body, content_length, state
+        )
+        service = self._pool_names.get(id(pool), "?")
+        self.metrics.observe(service, scope["method"], status, time.perf_counter() - started)
+        return status
+
+    async def _forward_inner(
         self,
         scope: Scope,
         receive: Receive,
