@@ -157,6 +157,7 @@ class AmqpTransport(Transport):
         self.settings = settings
         self.connection: AbstractRobustConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
+        self._replier: AbstractRobustChannel | None = None
         self._consumers: list[tuple[AbstractRobustChannel, AbstractQueue, str]] = []
         self._specs: dict[str, QueueSpec] = {}
         self._reply_channel: AbstractRobustChannel | None = None
@@ -181,6 +182,9 @@ class AmqpTransport(Transport):
         )
         self.connection.close_callbacks.add(self._on_connection_close)
         self._publisher = await self._channel(publisher_confirms=True)
+        # RPC replies go out without publisher confirms: a lost reply is a caller's timeout
+        # (and a retry) either way, and waiting for a confirm per reply halves RPC throughput.
+        self._replier = await self._channel(publisher_confirms=False)
 
     async def _channel(self, *, publisher_confirms: bool) -> AbstractRobustChannel:
         assert self.connection is not None
@@ -197,7 +201,7 @@ class AmqpTransport(Transport):
     async def close(self) -> None:
         self._closing = True
         connection, self.connection = self.connection, None
-        self._publisher = self._reply_channel = self._admin = None
+        self._publisher = self._reply_channel = self._admin = self._replier = None
         self._reply_lost = None
         if connection is not None:
             await connection.close()
@@ -298,6 +302,20 @@ class AmqpTransport(Transport):
             raise PublishError(
                 f"no confirm for {envelope.message_id} within {self.settings.publish_timeout}s"
             ) from None
+
+    async def publish_reply(self, reply_to: str, envelope: Envelope) -> None:
+        """Send an RPC reply to the caller's reply queue, unconfirmed (see ``connect``)."""
+        replier = self._replier
+        if replier is None:
+            raise PublishError("AMQP transport is not connected")
+        channel = await replier.get_underlay_channel()
+        await channel.basic_publish(
+            envelope.body,
+            exchange="",
+            routing_key=reply_to,
+            properties=properties_of(envelope),
+            mandatory=False,
+        )
 
     async def publish_many(
         self, items: Sequence[tuple[str, str, Envelope]]

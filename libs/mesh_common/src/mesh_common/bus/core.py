@@ -683,7 +683,7 @@ class Bus(HandlerRegistry):
                 headers={H_KIND: "reply", H_STATUS: "ok" if ok else "error"},
             )
             try:
-                await self.transport.publish("", env.reply_to, reply, mandatory=False)
+                await self.transport.publish_reply(env.reply_to, reply)
             except Exception:
                 log.warning("bus: reply to %s lost", env.reply_to, exc_info=True)
         await delivery.ack()

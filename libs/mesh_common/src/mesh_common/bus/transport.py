@@ -63,6 +63,10 @@ class Transport(ABC):
     ) -> None:
         """Publish and wait for the confirm. Raises ``Unroutable`` or ``PublishError``."""
 
+    async def publish_reply(self, reply_to: str, envelope: Envelope) -> None:
+        """Send an RPC reply (default: an ordinary publish to the default exchange)."""
+        await self.publish("", reply_to, envelope, mandatory=False)
+
     async def publish_many(
         self, items: Sequence[tuple[str, str, Envelope]]
     ) -> list[BaseException | None]:
