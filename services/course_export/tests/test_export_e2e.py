@@ -130,7 +130,13 @@ async def test_export_on_postgres_and_rabbitmq(
     pg_url: str, amqp_url: str, published_courses: Any
 ) -> None:
     schema_name = f"ce_{uuid.uuid4().hex[:6]}"
-    async with mesh(
-        {"database_url": pg_url, "db_schema": schema_name, "amqp_url": amqp_url}, pg_url
-    ) as (rt, replica):
+    # The scenario drives the exporter itself; the live change watcher would export the same
+    # edits in the background (test_live_changes.py covers that path).
+    settings = {
+        "database_url": pg_url,
+        "db_schema": schema_name,
+        "amqp_url": amqp_url,
+        "change_detection": "polling",
+    }
+    async with mesh(settings, pg_url) as (rt, replica):
         await scenario(rt, replica, published_courses)

@@ -111,3 +111,36 @@ async def test_run_export_command_starts_an_execution(
         assert runs and runs[0]["params"]["requested_by"] == "cms-admin"
     finally:
         await cms.stop()
+
+
+async def test_a_broken_course_fails_alone_and_its_retry_exports_just_that_course(
+    app: tuple[httpx.AsyncClient, ServiceRuntime], published_courses: Any
+) -> None:
+    client, runtime = app
+    coursedb = runtime.extras["coursedb"]
+    c = schema.courses
+    published = await published_courses(coursedb)
+    broken = published[2]
+    async with coursedb.begin() as conn:  # a blank title fails the mapping (required)
+        await conn.execute(update(c).where(c.c.id == broken.id).values(title="   "))
+    r = await client.post("/tasks/full-export/run", headers=STAFF, json={})
+    first = await finished(client, r.json()["execution_id"])
+    assert first["status"] == "partially_succeeded"
+    assert first["counts"]["failed"] == 1
+    assert first["counts"]["succeeded"] == len(published) - 1
+    failed = (
+        await client.get(
+            f"/tasks/executions/{first['id']}/items", headers=STAFF, params={"outcome": "failed"}
+        )
+    ).json()
+    assert [i["record_key"] for i in failed] == [broken.number]
+    assert "title" in failed[0]["error"]
+
+    async with coursedb.begin() as conn:
+        await conn.execute(update(c).where(c.c.id == broken.id).values(title="Repariert"))
+    r = await client.post(f"/tasks/executions/{first['id']}/retry", headers=STAFF, json={})
+    assert r.status_code == 202, r.text
+    retry = await finished(client, r.json()["execution_id"])
+    assert retry["status"] == "succeeded" and retry["trigger"] == "retry"
+    items = (await client.get(f"/tasks/executions/{retry['id']}/items", headers=STAFF)).json()
+    assert [(i["record_key"], i["outcome"]) for i in items] == [(broken.number, "ok")]

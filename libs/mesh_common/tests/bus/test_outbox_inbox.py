@@ -106,6 +106,15 @@ async def test_outbox_row_is_published_after_commit_only(backend, engine, tables
         async with engine.begin() as conn:
             mid2 = await outbox.add(conn, SeatBooked(n=2))
         await eventually(lambda: received == [mid, mid2], timeout=2.0)
+        # Several in one statement: published in order, after the commit only.
+        async with sessions() as session:
+            async with session.begin():
+                assert await outbox.add_many(session, [SeatBooked(n=3)]) != []
+                await session.rollback()
+        async with sessions() as session, session.begin():
+            many = await outbox.add_many(session, [SeatBooked(n=4), SeatBooked(n=5)])
+            assert await outbox.add_many(session, []) == []
+        await eventually(lambda: received == [mid, mid2, *many], timeout=2.0)
 
         async def drained() -> bool:
             backlog = await relay.backlog()  # marked sent in the relay's own commit

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from mesh_contracts.base import Command, Event
 from mesh_contracts.common import Address, Money, Value
@@ -127,11 +127,16 @@ class CourseWithdrawn(Event):
 
 
 class RunExport(Command):
-    """Ask course-export for an export now or at ``run_at`` (the CMS admin's button)."""
+    """Ask course-export for an export now or at ``run_at`` (the CMS admin's button).
+
+    A future ``run_at`` (with a UTC offset; a naive time is refused as invalid) is stored as a
+    scheduled export, listed and cancellable over course-export's REST API
+    (``/scheduled-exports``) and fired once at that time; ``None`` or a past time runs now.
+    """
 
     __message_type__: ClassVar[str] = "course_export.run_export.v1"
 
     mode: Literal["full", "changes"] = "full"
-    run_at: dt.datetime | None = None  # None = now; otherwise a scheduled "publish at"
+    run_at: AwareDatetime | None = None  # None = now; otherwise a scheduled "publish at"
     requested_by: str | None = None
     note: str | None = None

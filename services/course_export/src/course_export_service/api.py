@@ -1,17 +1,29 @@
-"""HTTP API of course-export: SQL template maintenance (admin). Thin: calls the service layer."""
+"""HTTP API of course-export: SQL template maintenance (admin) and scheduled exports (staff).
+
+Thin: calls the service layer. The task endpoints (run now, executions, items, retry) come from
+the shared ``mesh_common.tasks.task_router``.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from mesh_common.app import ServiceRuntime
 from mesh_common.auth import Principal, require
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from course_export_service import template_service
+from course_export_service.scheduling import (
+    Dispatcher,
+    Mode,
+    ScheduledExport,
+    ScheduledExports,
+    Status,
+)
+from course_export_service.tasks import DISPATCHER, SCHEDULER
 from course_export_service.template_service import TemplateVersion
 from course_export_service.templates import VARIABLES, TemplateKind
 
@@ -99,3 +111,68 @@ async def activate(request: Request, kind: TemplateKind, version: int, _: Admin)
         return await template_service.activate(
             session, _coursedb(request), kind=kind, version=version
         )
+
+
+# ---------------------------------------------------------------------- scheduled exports (staff)
+
+scheduled_router = APIRouter(prefix="/scheduled-exports", tags=["scheduled exports"])
+Staff = Annotated[Principal, Depends(require("staff"))]
+
+
+class ScheduleIn(BaseModel):
+    mode: Mode = "full"
+    run_at: Annotated[
+        AwareDatetime,
+        Field(description="When to export, with a UTC offset; a time in the past runs at once"),
+    ]
+    note: Annotated[str | None, Field(max_length=500)] = None
+
+
+def _scheduler(request: Request) -> tuple[ScheduledExports, Dispatcher | None]:
+    extras = _runtime(request).extras
+    return extras[SCHEDULER], extras.get(DISPATCHER)
+
+
+@scheduled_router.post(
+    "", status_code=201, summary="Schedule an export for a given time (publish at)"
+)
+async def schedule_export(request: Request, body: ScheduleIn, principal: Staff) -> ScheduledExport:
+    store, dispatcher = _scheduler(request)
+    now = dt.datetime.now(dt.UTC)
+    item = await store.schedule(
+        mode=body.mode,
+        run_at=body.run_at,
+        requested_by=principal.subject,
+        note=body.note,
+        source="rest",
+        now=now,
+    )
+    if dispatcher is not None and item.run_at <= now:
+        dispatcher.wake()
+    return item
+
+
+@scheduled_router.get("", summary="Scheduled exports, latest run_at first")
+async def list_scheduled(
+    request: Request,
+    _: Staff,
+    status: Annotated[Status | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ScheduledExport]:
+    store, _d = _scheduler(request)
+    return await store.find(status=status, limit=limit, offset=offset)
+
+
+@scheduled_router.get("/{export_id}", summary="One scheduled export and what became of it")
+async def get_scheduled(request: Request, export_id: str, _: Staff) -> ScheduledExport:
+    store, _d = _scheduler(request)
+    return await store.get(export_id)
+
+
+@scheduled_router.delete(
+    "/{export_id}", summary="Cancel a scheduled export that has not fired (409 otherwise)"
+)
+async def cancel_scheduled(request: Request, export_id: str, principal: Staff) -> ScheduledExport:
+    store, _d = _scheduler(request)
+    return await store.cancel(export_id, by=principal.subject, now=dt.datetime.now(dt.UTC))

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 from coursedb.engine import create_engine as create_coursedb_engine
 from fastapi import FastAPI
 from mesh_common.app import ServiceRuntime, create_service_app
 from mesh_common.tasks import task_hooks, task_router
+from mesh_common.tasks.wiring import EXTRAS_KEY
 
 from course_export_service import __doc__ as DOC
 from course_export_service import tasks as export_tasks
 from course_export_service import template_service
-from course_export_service.api import router
+from course_export_service.api import router, scheduled_router
+from course_export_service.changefeed import install_change_log
 from course_export_service.models import metadata
 from course_export_service.models import tasks as task_tables
+from course_export_service.scheduling import Dispatcher, ScheduledExports
 from course_export_service.settings import Settings
+from course_export_service.watcher import ChangeWatcher
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+WATCHER = "change_watcher"
+log = logging.getLogger("course_export")
 
 
 async def _open_coursedb(runtime: ServiceRuntime) -> None:
@@ -38,6 +45,63 @@ async def _close_coursedb(runtime: ServiceRuntime) -> None:
     await runtime.extras["coursedb"].dispose()
 
 
+async def _change_source(runtime: ServiceRuntime) -> str:
+    """The trigger-fed change log on PostgreSQL (installed idempotently), else polling."""
+    coursedb = runtime.extras["coursedb"]
+    settings = runtime.settings
+    wanted = getattr(settings, "change_detection", "auto")
+    if coursedb.dialect.name != "postgresql" or wanted == "polling":
+        return "timestamp"
+    try:
+        await install_change_log(coursedb)
+    except Exception:
+        log.warning(
+            "cannot install the change log in the coursedb (trigger rights?); "
+            "falling back to timestamp polling",
+            exc_info=True,
+        )
+        return "timestamp"
+    return "changelog"
+
+
+async def _choose_change_source(runtime: ServiceRuntime) -> None:
+    """Before the task runner starts, so every change run knows where to look."""
+    source = await _change_source(runtime)
+    runtime.extras[export_tasks.CHANGE_SOURCE] = source
+    log.info("course-export change detection: %s", source)
+
+
+async def _start_live(runtime: ServiceRuntime) -> None:
+    """Scheduled exports (every backend) and, on PostgreSQL, the change watcher."""
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
+    runner = runtime.extras[EXTRAS_KEY]
+    source = runtime.extras[export_tasks.CHANGE_SOURCE]
+    store = ScheduledExports(runtime.db, task_tables)
+    dispatcher = Dispatcher(store, runner, interval=settings.schedule_check_seconds)
+    runtime.extras[export_tasks.SCHEDULER] = store
+    runtime.extras[export_tasks.DISPATCHER] = dispatcher
+    dispatcher.start()
+    if source == "changelog":
+        watcher = ChangeWatcher(
+            runtime.extras["coursedb"],
+            runner,
+            export_tasks.CHANGES,
+            debounce=settings.change_debounce_seconds,
+        )
+        runtime.extras[WATCHER] = watcher
+        watcher.start()
+
+
+async def _stop_live(runtime: ServiceRuntime) -> None:
+    watcher = runtime.extras.pop(WATCHER, None)
+    if watcher is not None:
+        await watcher.stop()
+    dispatcher = runtime.extras.pop(export_tasks.DISPATCHER, None)
+    if dispatcher is not None:
+        await dispatcher.stop()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     holder: dict[str, ServiceRuntime] = {}
@@ -53,10 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         title="edumesh course-export",
         description=(DOC or "").strip(),
-        routers=[router, task_router()],
+        routers=[router, scheduled_router, task_router()],
         metadata=metadata,
         migrations=MIGRATIONS,
         handlers=[handlers],
-        on_startup=[remember, _open_coursedb, start_tasks],
-        on_shutdown=[_close_coursedb, stop_tasks],
+        on_startup=[remember, _open_coursedb, _choose_change_source, start_tasks, _start_live],
+        # Run in reverse: the watcher and dispatcher stop first, the coursedb closes last.
+        on_shutdown=[_close_coursedb, stop_tasks, _stop_live],
     )

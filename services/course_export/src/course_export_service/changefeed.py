@@ -2,10 +2,19 @@
 
 On PostgreSQL, course-export installs a trigger-fed change log in the coursedb: every INSERT,
 UPDATE or DELETE of a course or of its sessions, lecturers or discounts appends the course id to
-``edumesh_course_changes`` and sends ``pg_notify`` on :data:`CHANNEL`. :class:`PgChangeFeed`
-LISTENs for those notifications (so a change is seen within milliseconds) and also polls the log
-at an interval, so a missed notification (connection drop, listener restart) delays a change but
-never loses it: the log, read from a persisted cursor, is the source of truth.
+``edumesh_course_changes`` and sends ``pg_notify`` on :data:`CHANNEL`. A
+:class:`ChangeListener` LISTENs for those notifications (so a change is seen within
+milliseconds); the log is the source of truth and is polled too, so a missed notification
+(connection drop, listener restart) delays a change but never loses it.
+
+The log works as a **queue**: a consumer takes the committed rows (:func:`take_changes`),
+exports those courses, and only then deletes exactly the rows it took (:func:`ack_changes`).
+A reader cursor over the ``bigserial`` id would be wrong: ids are drawn when a row is inserted,
+not when its transaction commits, so a slow transaction can commit a row *below* a cursor that
+already moved past it. Taking and deleting by id leaves such a late row in the log until the
+next take. A crash between export and ack exports those courses again, which the content hashes
+make harmless (at-least-once). One course-export deployment consumes one coursedb's log (its
+replicas take turns through the task lease).
 
 This module only reports *which* courses changed. Deciding whether the exported document really
 differs (content hash) and sending it belong to the exporter. It must not write to any coursedb
@@ -99,88 +108,128 @@ async def install_change_log(engine: AsyncEngine) -> None:
 
 @dataclass(frozen=True)
 class ChangeBatch:
-    """Courses changed since the previous cursor; ``cursor`` is the new position to persist."""
+    """Courses logged as changed, and the log rows that said so (to ack after exporting)."""
 
     course_ids: frozenset[int]
-    cursor: int
+    row_ids: tuple[int, ...]
+
+    @property
+    def last_id(self) -> int | None:
+        return max(self.row_ids) if self.row_ids else None
 
 
-async def read_changes(engine: AsyncEngine, cursor: int, *, limit: int = 10_000) -> ChangeBatch:
-    """Course ids logged after ``cursor`` (deduplicated), and the cursor after them."""
+async def take_changes(engine: AsyncEngine, *, limit: int = 10_000) -> ChangeBatch:
+    """Up to ``limit`` committed log rows, oldest first, deduplicated to course ids. Nothing is
+    removed: call :func:`ack_changes` with the batch once its courses are exported."""
     async with engine.connect() as conn:
-        query = (
-            select(_log.c.id, _log.c.course_id)
-            .where(_log.c.id > cursor)
-            .order_by(_log.c.id)
-            .limit(limit)
-        )
+        query = select(_log.c.id, _log.c.course_id).order_by(_log.c.id).limit(limit)
         rows = (await conn.execute(query)).all()
-    if not rows:
-        return ChangeBatch(frozenset(), cursor)
-    return ChangeBatch(frozenset(r.course_id for r in rows), rows[-1].id)
+    return ChangeBatch(frozenset(r.course_id for r in rows), tuple(r.id for r in rows))
 
 
-async def prune_changes(engine: AsyncEngine, *, upto: int) -> int:
-    """Delete log rows every consumer has read (ids <= ``upto``); returns how many."""
+async def ack_changes(engine: AsyncEngine, batch: ChangeBatch) -> int:
+    """Delete exactly the rows of ``batch`` (rows logged meanwhile stay); returns how many."""
+    deleted = 0
+    ids = list(batch.row_ids)
     async with engine.begin() as conn:
-        result = await conn.execute(delete(_log).where(_log.c.id <= upto))
-    return int(result.rowcount or 0)
+        for start in range(0, len(ids), 5000):  # bounded parameter lists
+            chunk = ids[start : start + 5000]
+            result = await conn.execute(delete(_log).where(_log.c.id.in_(chunk)))
+            deleted += int(result.rowcount or 0)
+    return deleted
+
+
+async def has_changes(engine: AsyncEngine) -> bool:
+    """Whether any committed change waits in the log."""
+    async with engine.connect() as conn:
+        return (await conn.execute(select(_log.c.id).limit(1))).first() is not None
+
+
+class ChangeListener:
+    """LISTEN on :data:`CHANNEL` with its own connection: :meth:`wait` returns when a change was
+    committed (True) or after ``timeout`` (False). A lost connection is re-opened on the next
+    wait; while it is down, waits simply time out, so polling keeps working."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def open(self) -> bool:
+        if self.listening:
+            return True
+        await self.close()
+        url = make_url(self.engine.url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        try:
+            self._conn = await asyncpg.connect(dsn, timeout=10)
+            await self._conn.add_listener(CHANNEL, self._notified)
+        except (OSError, TimeoutError, asyncpg.PostgresError):
+            # Polling still finds every change; the listener is only an accelerator.
+            log.warning("LISTEN %s unavailable; falling back to polling", CHANNEL, exc_info=True)
+            await self.close()
+            return False
+        return True
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def wait(self, within: float) -> bool:
+        if not self.listening:
+            await self.open()
+        try:
+            await asyncio.wait_for(self._wake.wait(), within)
+        except TimeoutError:
+            return False
+        self._wake.clear()
+        return True
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
 
 
 class PgChangeFeed:
-    """Yields batches of changed course ids: woken by NOTIFY, backed by polling the log.
+    """Endless stream of change batches: woken by NOTIFY, backed by polling the log.
 
-    ``debounce`` gathers the burst of notifications one transaction produces (a course and its
-    sessions) into one batch.
+    A batch is acked (its rows deleted) when the consumer asks for the next one, so a consumer
+    that dies while handling a batch gets it again. ``debounce`` gathers the burst of
+    notifications one transaction produces (a course and its sessions) into one batch.
     """
 
     def __init__(
         self,
         engine: AsyncEngine,
         *,
-        cursor: int = 0,
         poll_interval: float = 30.0,
         debounce: float = 0.2,
+        limit: int = 10_000,
     ) -> None:
         self.engine = engine
-        self.cursor = cursor
         self.poll_interval = poll_interval
         self.debounce = debounce
-        self._wake = asyncio.Event()
-        self._listener: asyncpg.Connection | None = None
-
-    async def _listen(self) -> None:
-        url = make_url(self.engine.url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        try:
-            self._listener = await asyncpg.connect(dsn)
-            await self._listener.add_listener(CHANNEL, lambda *_: self._wake.set())
-        except (OSError, asyncpg.PostgresError):
-            # Polling still finds every change; the listener is only an accelerator.
-            log.warning("LISTEN %s unavailable; falling back to polling", CHANNEL, exc_info=True)
-            self._listener = None
+        self.limit = limit
+        self.listener = ChangeListener(engine)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-            self._listener = None
+        await self.listener.close()
 
     async def batches(self) -> AsyncIterator[ChangeBatch]:
-        """Endless stream of non-empty batches; the caller persists ``batch.cursor``."""
-        await self._listen()
+        await self.listener.open()
         try:
             while True:
-                batch = await read_changes(self.engine, self.cursor)
-                if batch.course_ids:
-                    self.cursor = batch.cursor
+                batch = await take_changes(self.engine, limit=self.limit)
+                if batch.row_ids:
                     yield batch
+                    await ack_changes(self.engine, batch)
                     continue  # drain a backlog before waiting again
-                if self._listener is not None and self._listener.is_closed():
-                    await self._listen()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                self._wake.clear()
-                await asyncio.sleep(self.debounce)
+                if await self.listener.wait(self.poll_interval) and self.debounce:
+                    await asyncio.sleep(self.debounce)
         finally:
             await self.close()

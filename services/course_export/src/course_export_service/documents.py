@@ -19,7 +19,7 @@ from mesh_common.mapping import CompiledMapping, compile_mapping, load_yaml
 from mesh_contracts.course_export import CourseDocument
 from pydantic import ValidationError
 from sqlalchemy import bindparam, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from course_export_service.state import Built, content_hash
 from course_export_service.templates import TemplateKind, template_params
@@ -36,19 +36,55 @@ def default_mappings() -> dict[TemplateKind, CompiledMapping]:
     }
 
 
-async def fetch_rows(
-    engine: AsyncEngine, sql: str, course_ids: Sequence[int]
-) -> list[dict[str, Any]]:
+Source = AsyncEngine | AsyncConnection  # a connection lets several reads share one checkout
+
+
+async def _rows(source: Source, query: Any, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if isinstance(source, AsyncEngine):
+        async with source.connect() as conn:
+            return await _rows(conn, query, params)
+    result = await source.execute(query, params)
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]
+
+
+async def fetch_rows(source: Source, sql: str, course_ids: Sequence[int]) -> list[dict[str, Any]]:
     """Rows of one template for the given courses (the template is wrapped, not edited)."""
     if not course_ids:
         return []
-    params = template_params(sql)
     wrapped = text(
         f"SELECT * FROM ({sql}) AS t WHERE t.course_id IN :ids ORDER BY t.course_id"  # noqa: S608 - validated template
     ).bindparams(bindparam("ids", expanding=True))
-    async with engine.connect() as conn:
-        result = await conn.execute(wrapped, {**params, "ids": list(course_ids)})
-        return [dict(r._mapping) for r in result]
+    return await _rows(source, wrapped, {**template_params(sql), "ids": list(course_ids)})
+
+
+async def fetch_page(source: Source, sql: str, *, after: int, limit: int) -> list[dict[str, Any]]:
+    """The next ``limit`` rows of the courses template after course id ``after`` (keyset)."""
+    wrapped = text(
+        f"SELECT * FROM ({sql}) AS t WHERE t.course_id > :after "  # noqa: S608 - validated template
+        "ORDER BY t.course_id LIMIT :n"
+    ).bindparams(bindparam("after"), bindparam("n"))
+    return await _rows(source, wrapped, {**template_params(sql), "after": after, "n": limit})
+
+
+Children = dict[TemplateKind, dict[int, list[Row]]]
+CHILD_KINDS = (TemplateKind.SESSIONS, TemplateKind.LECTURERS, TemplateKind.DISCOUNTS)
+
+
+async def fetch_children(
+    source: Source, templates: Mapping[TemplateKind, str], course_ids: Sequence[int]
+) -> Children:
+    """Session, lecturer and discount rows of the given courses, grouped by course id."""
+    if isinstance(source, AsyncEngine):
+        async with source.connect() as conn:
+            return await fetch_children(conn, templates, course_ids)
+    children: Children = {}
+    for kind in CHILD_KINDS:
+        grouped: dict[int, list[Row]] = defaultdict(list)
+        for row in await fetch_rows(source, templates[kind], course_ids):
+            grouped[int(row["course_id"])].append(row)
+        children[kind] = grouped
+    return children
 
 
 @dataclass(frozen=True)
@@ -65,8 +101,9 @@ class DocumentBuilder:
 
     def _map_all(self, kind: TemplateKind, rows: Iterable[Row], errors: list[str]) -> list[Any]:
         out = []
+        mapping = self.mappings[kind]
         for row in rows:
-            result = self.mappings[kind].map(dict(row))
+            result = mapping.map(row)
             if result.ok and result.record is not None:
                 out.append(result.record)
             else:
@@ -83,7 +120,7 @@ class DocumentBuilder:
     ) -> BuildOutcome:
         course_id = int(course["course_id"])
         errors: list[str] = []
-        mapped = self.mappings[TemplateKind.COURSES].map(dict(course))
+        mapped = self.mappings[TemplateKind.COURSES].map(course)
         if not mapped.ok or mapped.record is None:
             errors.extend(f"courses.{e.field}: {e.message}" for e in mapped.errors)
             return BuildOutcome(course_id, course.get("number"), None, errors)
@@ -99,34 +136,41 @@ class DocumentBuilder:
             return BuildOutcome(course_id, doc.get("number"), None, errors)
         doc["content_hash"] = "0" * 64  # placeholder so the contract validates; replaced below
         try:
-            valid = CourseDocument.model_validate(doc).model_dump(mode="json")
+            model = CourseDocument.model_validate(doc)
         except ValidationError as exc:
             errors = [f"document.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             return BuildOutcome(course_id, doc.get("number"), None, errors)
-        valid["content_hash"] = content_hash(valid)
-        built = Built(
-            course_id, valid["number"], int(valid["revision"]), valid, valid["content_hash"]
-        )
-        return BuildOutcome(course_id, valid["number"], built, [])
+        valid = model.model_dump(mode="json")
+        digest = content_hash(valid)
+        valid["content_hash"] = digest
+        model = model.model_copy(update={"content_hash": digest})
+        built = Built(course_id, model.number, model.revision, valid, digest, model)
+        return BuildOutcome(course_id, model.number, built, [])
+
+    def build_all(self, courses: Iterable[Row], children: Children) -> list[BuildOutcome]:
+        sessions = children[TemplateKind.SESSIONS]
+        lecturers = children[TemplateKind.LECTURERS]
+        discounts = children[TemplateKind.DISCOUNTS]
+        out = []
+        for row in courses:
+            course_id = int(row["course_id"])
+            out.append(
+                self.build(
+                    row,
+                    sessions=sessions.get(course_id, ()),
+                    lecturers=lecturers.get(course_id, ()),
+                    discounts=discounts.get(course_id, ()),
+                )
+            )
+        return out
 
     async def build_for(
         self, engine: AsyncEngine, templates: Mapping[TemplateKind, str], course_ids: Sequence[int]
     ) -> list[BuildOutcome]:
         """Read the templates for ``course_ids`` and build every course (missing ones skipped:
         a course the courses template does not select is not published)."""
-        courses = await fetch_rows(engine, templates[TemplateKind.COURSES], course_ids)
-        children: dict[TemplateKind, dict[int, list[Row]]] = {}
-        for kind in (TemplateKind.SESSIONS, TemplateKind.LECTURERS, TemplateKind.DISCOUNTS):
-            grouped: dict[int, list[Row]] = defaultdict(list)
-            for row in await fetch_rows(engine, templates[kind], course_ids):
-                grouped[int(row["course_id"])].append(row)
-            children[kind] = grouped
-        return [
-            self.build(
-                row,
-                sessions=children[TemplateKind.SESSIONS].get(int(row["course_id"]), []),
-                lecturers=children[TemplateKind.LECTURERS].get(int(row["course_id"]), []),
-                discounts=children[TemplateKind.DISCOUNTS].get(int(row["course_id"]), []),
-            )
-            for row in courses
-        ]
+        async with engine.connect() as conn:  # one checkout for the four templates
+            courses = await fetch_rows(conn, templates[TemplateKind.COURSES], course_ids)
+            ids = [int(r["course_id"]) for r in courses]
+            children = await fetch_children(conn, templates, ids)
+        return self.build_all(courses, children)

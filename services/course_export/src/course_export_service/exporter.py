@@ -16,9 +16,12 @@ task framework's job; this module must not sleep or schedule.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from coursedb import schema as coursedb_schema
 from mesh_common.app import ServiceRuntime
@@ -30,13 +33,19 @@ from mesh_contracts.course_export import (
     SnapshotBatch,
     SnapshotCompleted,
 )
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from course_export_service import template_service
-from course_export_service.documents import BuildOutcome, DocumentBuilder
-from course_export_service.state import ExportState
-from course_export_service.templates import TemplateKind, template_params
+from course_export_service.documents import (
+    BuildOutcome,
+    Children,
+    DocumentBuilder,
+    fetch_children,
+    fetch_page,
+)
+from course_export_service.state import Built, ExportState
+from course_export_service.templates import TemplateKind
 
 # Called once per course with (course number or id, action, outcome, error): the task's item log.
 Reporter = Callable[[str, str, str, str | None], Awaitable[None]]
@@ -60,6 +69,19 @@ class ExportCounts:
         self.errors[outcome.number or f"id:{outcome.course_id}"] = outcome.errors
 
 
+@dataclass
+class _Page:
+    courses: list[dict[str, Any]]
+    children: Children
+
+
+_PageQueue = asyncio.Queue[_Page | Exception | None]
+
+
+def _model(built: Built) -> CourseDocument:
+    return built.model if built.model is not None else CourseDocument.model_validate(built.document)
+
+
 class Exporter:
     def __init__(
         self,
@@ -80,16 +102,6 @@ class Exporter:
         async with self.runtime.db.unit_of_work() as session:
             return {k: (await template_service.active(session, kind=k)).sql for k in TemplateKind}
 
-    async def _next_ids(self, courses_sql: str, after: int) -> list[int]:
-        params = template_params(courses_sql)
-        query = text(
-            f"SELECT t.course_id FROM ({courses_sql}) AS t "  # noqa: S608 - validated template
-            "WHERE t.course_id > :after ORDER BY t.course_id LIMIT :n"
-        ).bindparams(bindparam("after"), bindparam("n"))
-        async with self.coursedb.connect() as conn:
-            result = await conn.execute(query, {**params, "after": after, "n": self.batch_size})
-            return [int(x) for x in result.scalars()]
-
     async def _existing(self, course_ids: Sequence[int]) -> set[int]:
         if not course_ids:
             return set()
@@ -98,39 +110,73 @@ class Exporter:
             found = await conn.execute(select(courses.c.id).where(courses.c.id.in_(course_ids)))
             return set(found.scalars())
 
+    async def _pages(self, templates: dict[TemplateKind, str], out: _PageQueue) -> None:
+        """Producer: read the courses template in keyset pages, with their child rows; then
+        None, or the error that stopped it."""
+        after = 0
+        courses = templates[TemplateKind.COURSES]
+        try:
+            while True:
+                async with self.coursedb.connect() as conn:  # one checkout per page
+                    rows = await fetch_page(conn, courses, after=after, limit=self.batch_size)
+                    if not rows:
+                        break
+                    ids = [int(r["course_id"]) for r in rows]
+                    children = await fetch_children(conn, templates, ids)
+                after = ids[-1]
+                await out.put(_Page(rows, children))
+        except Exception as exc:
+            await out.put(exc)
+            return
+        await out.put(None)
+
     async def full_snapshot(self, report: Reporter = _no_report) -> ExportCounts:
         templates = await self._templates()
         counts = ExportCounts(snapshot_id=new_id())
         started = dt.datetime.now(dt.UTC)
         seen: set[int] = set()
-        after, batch_no = 0, 0
-        while ids := await self._next_ids(templates[TemplateKind.COURSES], after):
-            after = ids[-1]
-            outcomes = await self.builder.build_for(self.coursedb, templates, ids)
-            built = [o.built for o in outcomes if o.built is not None]
-            for o in outcomes:
-                if o.built is None:
-                    counts.failed_outcome(o)
-                    await report(
-                        o.number or f"id:{o.course_id}", "snapshot", "failed", "; ".join(o.errors)
+        batch_no = 0
+        # The next page is read while this one is built and written (the coursedb works while
+        # Python maps); the small queue bounds what is held in memory.
+        pages: _PageQueue = asyncio.Queue(maxsize=2)
+        reader = asyncio.create_task(self._pages(templates, pages), name="snapshot-reader")
+        try:
+            while (page := await pages.get()) is not None:
+                if isinstance(page, Exception):
+                    raise page
+                outcomes = self.builder.build_all(page.courses, page.children)
+                built = [o.built for o in outcomes if o.built is not None]
+                for o in outcomes:
+                    if o.built is None:
+                        counts.failed_outcome(o)
+                        await report(
+                            o.number or f"id:{o.course_id}",
+                            "snapshot",
+                            "failed",
+                            "; ".join(o.errors),
+                        )
+                seen.update(o.course_id for o in outcomes)
+                if not built:
+                    continue
+                batch_no += 1
+                async with self.runtime.db.unit_of_work() as session:
+                    await ExportState(session).record_sent(built, at=dt.datetime.now(dt.UTC))
+                    await self.outbox.add(
+                        session,
+                        SnapshotBatch(
+                            snapshot_id=counts.snapshot_id,
+                            batch_no=batch_no,
+                            courses=[_model(b) for b in built],
+                        ),
                     )
-            seen.update(ids)
-            if not built:
-                continue
-            batch_no += 1
-            async with self.runtime.db.unit_of_work() as session:
-                await ExportState(session).record_sent(built, at=dt.datetime.now(dt.UTC))
-                await self.outbox.add(
-                    session,
-                    SnapshotBatch(
-                        snapshot_id=counts.snapshot_id,
-                        batch_no=batch_no,
-                        courses=[CourseDocument.model_validate(b.document) for b in built],
-                    ),
-                )
-            counts.exported += len(built)
-            for b in built:
-                await report(b.number, "snapshot", "ok", None)
+                counts.exported += len(built)
+                for b in built:
+                    await report(b.number, "snapshot", "ok", None)
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
         async with self.runtime.db.unit_of_work() as session:
             state = ExportState(session)
             gone = await state.published_ids() - seen
@@ -167,32 +213,39 @@ class Exporter:
                     )
             built = [o.built for o in outcomes if o.built is not None]
             selected = {o.course_id for o in outcomes}
+            # Asked about, but the template does not select it: deleted or no longer published.
+            missing = [i for i in chunk if i not in selected]
             now = dt.datetime.now(dt.UTC)
             async with self.runtime.db.unit_of_work() as session:
                 state = ExportState(session)
-                published = await state.published_ids()
-                part = await state.partition(built)
+                known = await state.known([*(b.course_id for b in built), *missing])
+                part = await state.partition(built, known)
+                changes: list[CourseChanged | CourseWithdrawn] = []
                 for b in part.changed:
-                    doc = CourseDocument.model_validate(b.document)
+                    doc = _model(b)
+                    previous = known.get(b.course_id)
                     change = (
                         "cancelled"
                         if doc.status == "cancelled"
                         else "updated"
-                        if b.course_id in published
+                        if previous is not None and previous.published
                         else "created"
                     )
-                    await self.outbox.add(session, CourseChanged(change=change, course=doc))
-                await state.record_sent(part.changed, at=now)
-                # Asked about, published before, but no longer selected by the template.
-                vanished = [i for i in chunk if i not in selected and i in published]
-                numbers = await state.numbers(vanished)
-                for course_id in vanished:
-                    await self.outbox.add(
-                        session,
-                        CourseWithdrawn(
-                            number=numbers[course_id], reason="unpublished", withdrawn_at=now
-                        ),
+                    changes.append(CourseChanged(change=change, course=doc))
+                vanished = [i for i in missing if i in known and known[i].published]
+                still_there = await self._existing(vanished)  # else deleted
+                numbers = {i: known[i].number for i in vanished}
+                changes += [
+                    CourseWithdrawn(
+                        number=numbers[i],
+                        reason="unpublished" if i in still_there else "deleted",
+                        withdrawn_at=now,
                     )
+                    for i in vanished
+                ]
+                # One statement for all of them: a change run sends hundreds at busy times.
+                await self.outbox.add_many(session, changes)
+                await state.record_sent(part.changed, at=now)
                 await state.record_withdrawn(vanished, at=now)
             counts.exported += len(part.changed)
             counts.unchanged += len(part.unchanged)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from mesh_contracts.course_export import CourseDocument
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -36,13 +37,25 @@ def content_hash(document: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Built:
-    """A freshly built document for one coursedb course."""
+    """A freshly built document for one coursedb course (``model`` is the validated contract
+    object, so it is not validated a second time when sent)."""
 
     course_id: int
     number: str
     revision: int
     document: Mapping[str, Any]
     hash: str
+    model: CourseDocument | None = None
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the backend holds for a course: its number and last hash, and whether it is
+    published (False once a withdrawal was sent)."""
+
+    number: str
+    content_hash: str
+    published: bool
 
 
 @dataclass(frozen=True)
@@ -55,26 +68,35 @@ class ExportState:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def partition(self, built: Iterable[Built]) -> Partition:
+    async def known(self, course_ids: Iterable[int]) -> dict[int, Sent]:
+        """What was last sent for each of ``course_ids`` (courses never sent are absent)."""
+        ids = list(course_ids)
+        if not ids:
+            return {}
+        rows = await self.session.execute(
+            select(
+                exported_courses.c.course_id,
+                exported_courses.c.number,
+                exported_courses.c.content_hash,
+                exported_courses.c.withdrawn_at,
+            ).where(exported_courses.c.course_id.in_(ids))
+        )
+        return {r.course_id: Sent(r.number, r.content_hash, r.withdrawn_at is None) for r in rows}
+
+    async def partition(
+        self, built: Iterable[Built], known: Mapping[int, Sent] | None = None
+    ) -> Partition:
+        """Changed (new, different, or previously withdrawn) and unchanged documents;
+        ``known`` from :meth:`known` saves the query."""
         items = list(built)
         if not items:
             return Partition([], [])
-        known = {
-            row.course_id: row
-            for row in (
-                await self.session.execute(
-                    select(
-                        exported_courses.c.course_id,
-                        exported_courses.c.content_hash,
-                        exported_courses.c.withdrawn_at,
-                    ).where(exported_courses.c.course_id.in_([b.course_id for b in items]))
-                )
-            ).all()
-        }
+        if known is None:
+            known = await self.known(b.course_id for b in items)
         changed, unchanged = [], []
         for b in items:
             prev = known.get(b.course_id)
-            if prev is None or prev.content_hash != b.hash or prev.withdrawn_at is not None:
+            if prev is None or prev.content_hash != b.hash or not prev.published:
                 changed.append(b)
             else:
                 unchanged.append(b)
@@ -96,7 +118,7 @@ class ExportState:
             return
         dialect = self.session.bind.dialect.name if self.session.bind else "sqlite"
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        stmt = insert(exported_courses).values(rows)
+        stmt = insert(exported_courses)
         stmt = stmt.on_conflict_do_update(
             index_elements=[exported_courses.c.course_id],
             set_={
@@ -104,24 +126,15 @@ class ExportState:
                 for c in ("number", "content_hash", "revision", "exported_at", "withdrawn_at")
             },
         )
-        await self.session.execute(stmt)
+        # executemany: one statement compiled once (a multi-VALUES literal would be compiled
+        # anew for every batch, which dominated large snapshots).
+        await self.session.execute(stmt, rows)
 
     async def published_ids(self) -> set[int]:
         result = await self.session.execute(
             select(exported_courses.c.course_id).where(exported_courses.c.withdrawn_at.is_(None))
         )
         return set(result.scalars())
-
-    async def numbers(self, course_ids: Iterable[int]) -> dict[int, str]:
-        ids = list(course_ids)
-        if not ids:
-            return {}
-        rows = await self.session.execute(
-            select(exported_courses.c.course_id, exported_courses.c.number).where(
-                exported_courses.c.course_id.in_(ids)
-            )
-        )
-        return {r.course_id: r.number for r in rows}
 
     async def record_withdrawn(self, course_ids: Iterable[int], *, at: dt.datetime) -> None:
         ids = list(course_ids)
