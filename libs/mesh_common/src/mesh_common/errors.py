@@ -108,6 +108,32 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def out_of_range(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a number too large for the database driver:
+    ``OverflowError`` from sqlite3 binding, asyncpg's "out of int64 range" data errors."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OverflowError):
+            return True
+        text = str(current)
+        if type(current).__name__ in ("DataError", "NumericValueOutOfRangeError") and (
+            "out of range" in text or "int64" in text or "too large" in text
+        ):
+            return True
+        orig = getattr(current, "orig", None)
+        todo += [
+            current.__cause__,
+            current.__context__,
+            orig if isinstance(orig, BaseException) else None,
+        ]
+    return False
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Map every error that reaches the edge to problem+json, exactly once."""
 
@@ -148,6 +174,16 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if out_of_range(exc):
+            # A number the database cannot hold (e.g. an id beyond 64 bits in the path): the
+            # client's mistake, not ours. Nothing was written (the statement never ran).
+            return problem(
+                422,
+                code="value-out-of-range",
+                title="Request validation failed",
+                detail="a number in the request is outside the range this API accepts",
+                instance=request.url.path,
+            )
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(
             500,
