@@ -193,6 +193,8 @@ edumesh is running (embedded default: SQLite, in-process bus, local mail capture
   API docs  {base}/docs
   Ops       {base}/admin#token={token}
             (dashboard: every service's tasks and executions; the link signs you in as dev-admin)
+  Portal    {base}/api/portal/public/login
+            (customer pages; uploads are refused unless CLAMD_HOST names a clamd: docs/portal.md)
   Services
 {services}
   Data      {var}  (course database, one SQLite file per service)
