@@ -96,6 +96,78 @@ def deployment(name: str, command: list[str], port: int, env: list[dict[str, Any
     }
 
 
+def portal_storage(dep: dict) -> list[dict]:
+    """Uploads and the hotfolder live on a shared volume (ReadWriteMany: every portal replica
+    and the hotfolder pull see the same files); links point at the public URL."""
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    container["env"] += [
+        {"name": "PORTAL_PUBLIC_URL", "value": "https://edumesh.example.org/api/portal/public"},
+        {"name": "PORTAL_STORAGE_DIR", "value": "/var/lib/edumesh/storage"},
+        {"name": "PORTAL_HOTFOLDER_DIR", "value": "/var/lib/edumesh/hotfolder"},
+    ]
+    container["volumeMounts"].append({"name": "portal-data", "mountPath": "/var/lib/edumesh"})
+    pod["volumes"].append(
+        {"name": "portal-data", "persistentVolumeClaim": {"claimName": "portal-data"}}
+    )
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "portal-data", "labels": LABELS},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "50Gi"}},
+            },
+        }
+    ]
+
+
+def clamd() -> list[dict]:
+    """clamd for the portal's upload scan (fail closed: uploads are refused while it is down)."""
+    labels = {**LABELS, "app.kubernetes.io/name": "clamd"}
+    tcp = {"tcpSocket": {"port": 3310}, "periodSeconds": 10, "failureThreshold": 3}
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "clamd", "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "clamd"}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "clamd",
+                                "image": "clamav/clamav:1.4",
+                                "ports": [{"name": "clamd", "containerPort": 3310}],
+                                "resources": {
+                                    "requests": {"cpu": "200m", "memory": "1536Mi"},
+                                    "limits": {"memory": "3Gi"},
+                                },
+                                "startupProbe": {**tcp, "failureThreshold": 60},
+                                "readinessProbe": tcp,
+                                "livenessProbe": tcp,
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "clamd", "labels": labels},
+            "spec": {
+                "selector": {"app.kubernetes.io/name": "clamd"},
+                "ports": [{"name": "clamd", "port": 3310, "targetPort": "clamd"}],
+            },
+        },
+    ]
+
+
 def service(name: str, port: int) -> dict:
     return {
         "apiVersion": "v1",
@@ -113,10 +185,12 @@ def main(out: Path = BASE) -> None:
     files: dict[str, list[dict]] = {}
     for spec in SERVICES:
         env = [{"name": "SERVICE_NAME", "value": spec.name}]
-        files[f"{spec.name}.yaml"] = [
-            deployment(spec.name, service_command(spec.package), PORT, env),
-            service(spec.name, PORT),
-        ]
+        dep = deployment(spec.name, service_command(spec.package), PORT, env)
+        docs = [dep]
+        if spec.name == "portal":
+            docs += portal_storage(dep)
+        files[f"{spec.name}.yaml"] = [*docs, service(spec.name, PORT)]
+    files["clamd.yaml"] = clamd()
     upstreams = {s.name: f"http://{s.name}" for s in SERVICES}
     gw_env = [
         {"name": "GATEWAY_UPSTREAMS", "value": json.dumps(upstreams)},

@@ -104,9 +104,9 @@ def test_kubernetes_manifests_are_current_and_build(tmp_path: Path) -> None:
     env_file.write_text((overlay / "overlays/production/secrets.env.example").read_text())
     docs = _kustomize(overlay / "overlays/production")
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("Deployment") == len(SERVICES) + 1
-    assert kinds.count("Service") == len(SERVICES) + 1
-    assert {"Namespace", "ConfigMap", "Secret", "Ingress"} <= set(kinds)
+    assert kinds.count("Deployment") == len(SERVICES) + 2  # + gateway + clamd
+    assert kinds.count("Service") == len(SERVICES) + 2
+    assert {"Namespace", "ConfigMap", "Secret", "Ingress", "PersistentVolumeClaim"} <= set(kinds)
     secret = next(d for d in docs if d["kind"] == "Secret")
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
     for spec in SERVICES:
@@ -118,6 +118,10 @@ def test_kubernetes_manifests_are_current_and_build(tmp_path: Path) -> None:
         assert container["securityContext"]["runAsNonRoot"] is True
         refs = [e.get("secretRef", {}).get("name") for e in container["envFrom"]]
         assert secret["metadata"]["name"] in refs  # the generated, hashed name
+    portal = deployments["portal"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in portal["containers"][0]["env"]}
+    assert env["PORTAL_PUBLIC_URL"].startswith("https://")
+    assert any(v.get("persistentVolumeClaim") for v in portal["volumes"])
     gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["command"] == gateway_command(8000, "0.0.0.0")
 

@@ -244,6 +244,7 @@ def rig() -> Iterator[Rig]:
             upstreams={"alpha": alpha, "beta": beta, "down": down},
             auth=AuthSettings(hs256_secret=SECRET),
             max_body_bytes=1024 * 1024,
+            max_body_bytes_by_service={"beta": 8 * 1024 * 1024},
             public_paths=["/api/*/health/live", "/api/alpha/public/*"],
             read_timeout_seconds=1.0,
             connect_timeout_seconds=1.0,

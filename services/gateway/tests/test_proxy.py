@@ -199,6 +199,24 @@ async def test_oversize_chunked_stream_is_413(rig, client: httpx.AsyncClient) ->
     assert rig.progress.received <= 1024 * 1024
 
 
+async def test_a_service_may_have_a_larger_body_limit(rig, client: httpx.AsyncClient) -> None:
+    # beta (like the portal's uploads) allows 8 MiB; the default for everyone else is 1 MiB.
+    big = b"z" * (3 * 1024 * 1024)
+    assert (
+        await client.post("/api/beta/upload", content=big, headers=rig.auth())
+    ).status_code == 200
+    assert (
+        await client.post("/api/alpha/upload", content=big, headers=rig.auth())
+    ).status_code == 413
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(144):  # 9 MiB streamed: over beta's own limit
+            yield b"y" * 65536
+
+    r = await client.post("/api/beta/upload", content=body(), headers=rig.auth())
+    assert r.status_code == 413 and r.json()["max_body_bytes"] == 8 * 1024 * 1024
+
+
 async def test_chunked_body_under_limit_passes(rig, client: httpx.AsyncClient) -> None:
     import hashlib
 

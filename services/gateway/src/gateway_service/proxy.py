@@ -97,6 +97,7 @@ class Proxy:
         self._public = compile_globs(settings.public_paths)
         self._trusted_proxies = settings.trusted_proxies
         self._max_body = settings.max_body_bytes
+        self._body_limits = dict(settings.max_body_bytes_by_service)
         # Without an explicit provider the global one is used if one is configured by start-up
         # (see resolve_tracing); otherwise no spans are made at all (the no-op API still costs
         # tens of microseconds per request) and the proxy writes a traceparent of its own.
@@ -123,6 +124,10 @@ class Proxy:
 
     def is_public(self, path: str) -> bool:
         return self._public.match(path) is not None
+
+    def body_limit(self, service: str) -> int:
+        """The request-body limit for ``service`` (uploads may allow more than the default)."""
+        return self._body_limits.get(service, self._max_body)
 
     # -- request handling --------------------------------------------------------------------
 
@@ -154,6 +159,13 @@ class Proxy:
                 principal = await self.verifier.verify(token)
             elif not self.is_public(path):
                 raise Unauthorized("a bearer token is required", code="token-missing")
+            if _rest.rstrip("/") == "metrics" and not (
+                principal is not None
+                and (principal.has_role("staff") or principal.has_role("service"))
+            ):
+                # A service's /metrics is for its scraper on the private network; from outside
+                # the same rule as the gateway's own /metrics (found by tests/security).
+                raise Forbidden("metrics need the staff or service role", code="forbidden")
         except (Unauthorized, Forbidden) as exc:
             self.metrics.refused.labels(exc.code).inc()
             await self._send_response(send, auth_problem(exc, instance=path), request_id)
@@ -171,8 +183,10 @@ class Proxy:
             if content_length < 0:
                 await self._problem(send, scope, request_id, 400, "bad-request", "Content-Length")
                 return
-            if content_length > self._max_body:
-                await self._refuse_too_large(send, scope, receive, request_id)
+            if content_length > self.body_limit(service):
+                await self._refuse_too_large(
+                    send, scope, receive, request_id, _BodyState(self.body_limit(service))
+                )
                 return
         # With Transfer-Encoding, Content-Length is ignored (RFC 9112 section 6.3); the upstream
         # client writes the framing itself either way.
@@ -199,7 +213,7 @@ class Proxy:
             target += b"?" + query
 
         body: bytes | AsyncIterator[bytes] | None = None
-        state = _BodyState()
+        state = _BodyState(self.body_limit(service))
         if content_length is not None and content_length <= SMALL_BODY:
             if content_length:
                 body = await _read_small(receive)
@@ -365,7 +379,7 @@ class Proxy:
                 watcher.cancel()
 
     async def _stream_body(self, receive: Receive, state: _BodyState) -> AsyncIterator[bytes]:
-        limit = self._max_body
+        limit = state.limit
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -389,18 +403,18 @@ class Proxy:
         scope: Scope,
         receive: Receive,
         request_id: str,
-        state: _BodyState | None = None,
+        state: _BodyState,
     ) -> None:
-        if state is None or not state.ended:
-            await _drain(receive, DRAIN_LIMIT - (state.seen if state else 0))
+        if not state.ended:
+            await _drain(receive, DRAIN_LIMIT - state.seen)
         await self._problem(
             send,
             scope,
             request_id,
             413,
             "payload-too-large",
-            f"request body exceeds {self._max_body} bytes",
-            extra={"max_body_bytes": self._max_body},
+            f"request body exceeds {state.limit} bytes",
+            extra={"max_body_bytes": state.limit},
         )
 
     async def _problem(
@@ -426,9 +440,10 @@ class Proxy:
 
 
 class _BodyState:
-    __slots__ = ("client_gone", "ended", "responded", "seen", "too_large")
+    __slots__ = ("client_gone", "ended", "limit", "responded", "seen", "too_large")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # the body limit of the target service
         self.seen = 0
         self.too_large = False
         self.ended = False  # the request body has been read to its end

@@ -52,6 +52,11 @@ class GatewaySettings(BaseSettings):
     auth: AuthSettings
     # Request bodies above this are refused with 413, by Content-Length or while streaming.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # Per-service overrides, e.g. the portal's uploads (the service enforces its own limit too):
+    # GATEWAY_MAX_BODY_BYTES_BY_SERVICE='{"portal": 536870912}'.
+    max_body_bytes_by_service: dict[str, int] = Field(
+        default_factory=lambda: {"portal": 512 * 1024 * 1024}
+    )
     # Glob patterns (fnmatch; ``*`` also matches ``/``) of /api paths that need no token.
     public_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_PUBLIC_PATHS))
     connect_timeout_seconds: float = Field(default=3.0, gt=0)
