@@ -209,7 +209,7 @@ def main(out: Path = BASE) -> None:
             "metadata": {
                 "name": "edumesh",
                 "labels": LABELS,
-                "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "110m"},
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "520m"},
             },
             "spec": {
                 "ingressClassName": "nginx",
