@@ -22,6 +22,7 @@ from mesh_common.auth import mint_token
 from mesh_common.bus import BusSettings, HandlerRegistry, MessageContext, create_bus
 from mesh_common.secrets import generate_key
 from mesh_contracts.course_export import CourseChanged
+from mesh_embedded.mailcapture import MailCapture
 from mesh_embedded.registry import SERVICES
 from mesh_embedded.topology import Supervisor, Topology
 from pydantic import SecretStr
@@ -59,11 +60,16 @@ async def mesh(
         extra_env={"CHANGE_POLL_SECONDS": "1"},
     )
     sup = Supervisor(topo, log_dir=tmp_path / "logs", grace=20)
+    # The compose file's "mail" container: a capturing SMTP server the services deliver to.
+    mail = MailCapture(tmp_path / "mail", port=topo.smtp_port)
+    mail.start()
+    sup.maildir = tmp_path / "mail"  # type: ignore[attr-defined]
     try:
         await sup.start(seed_courses=60)
         yield sup
     finally:
         codes = await sup.stop()
+        mail.stop()
         import asyncpg
 
         admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
@@ -137,3 +143,75 @@ async def test_a_course_change_in_the_coursedb_reaches_rabbitmq(mesh: Supervisor
     finally:
         await engine.dispose()
         await bus.stop()
+
+
+async def test_a_web_order_is_booked_and_confirmed_by_mail(mesh: Supervisor) -> None:
+    """Website backend → gateway → booking process → coursedb, and the confirmation mail through
+    booking's mail queue and SMTP to the mail server."""
+    import mailbox
+    from email import message_from_bytes, policy
+
+    from sqlalchemy import text, update
+
+    topo = mesh.topo
+    engine = create_coursedb_engine(topo.coursedb_url)
+    try:
+        async with engine.begin() as conn:
+            bookable = (courses.c.status == "open") & courses.c.web_bookable.is_(True)
+            number = (
+                await conn.execute(select(courses.c.number).where(bookable).limit(1))
+            ).scalar_one()
+            await conn.execute(
+                update(courses)
+                .where(courses.c.number == number)
+                .values(
+                    max_participants=500,
+                    registration_mode="direct",
+                    registration_deadline=text("now() + interval '30 days'"),
+                )
+            )
+    finally:
+        await engine.dispose()
+    order_id = f"WEB-{uuid.uuid4().hex[:10]}"
+    order = {
+        "external_order_id": order_id,
+        "participants": [
+            {
+                "key": "p1",
+                "person": {
+                    "first_name": "Erika",
+                    "last_name": "Mustermann",
+                    "birth_date": "1985-04-12",
+                    "email": "erika.mustermann@example.org",
+                    "address": {
+                        "street": "Kaiser-Joseph-Str. 1",
+                        "postcode": "79098",
+                        "city": "Freiburg",
+                    },
+                },
+            }
+        ],
+        "items": [{"participant": "p1", "course_number": number}],
+        "payment": {"method": "invoice"},
+    }
+    token = mint_token(subject="website", secret=topo.jwt_secret, roles=["service"])
+    async with httpx.AsyncClient(base_url=topo.gateway_url, timeout=30) as client:
+        r = await client.post(
+            "/api/booking/orders", json=order, headers={"Authorization": f"Bearer {token}"}
+        )
+    assert r.status_code == 200, r.text
+    assert [line["outcome"] for line in r.json()["lines"]] == ["booked"]
+
+    box = mailbox.Maildir(mesh.maildir, create=False)  # type: ignore[attr-defined]
+    deadline = asyncio.get_running_loop().time() + 60
+    confirmation = None
+    while confirmation is None:
+        for key in box.keys():
+            msg = message_from_bytes(box.get_bytes(key), policy=policy.default)
+            if "erika.mustermann@example.org" in str(msg["To"]):
+                confirmation = msg
+        if confirmation is None:
+            assert asyncio.get_running_loop().time() < deadline, "no confirmation mail"
+            await asyncio.sleep(0.5)
+    attachments = [part.get_filename() for part in confirmation.iter_attachments()]
+    assert any(name and name.endswith(".pdf") for name in attachments), attachments
