@@ -64,6 +64,27 @@ async def test_chunked_stream_over_limit_is_413() -> None:
     assert r.status_code == 413
 
 
+async def test_chunked_stream_over_limit_is_413_for_a_parsed_body() -> None:
+    """FastAPI turns any error while reading a declared body into 400; still 413."""
+    app = FastAPI()
+    install_problem_handlers(app)
+
+    @app.post("/items")
+    async def items(item: dict[str, int]) -> dict[str, int]:
+        return item
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b"y" * 500
+
+    async with client(app) as c:
+        r = await c.post("/items", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json()["code"] == "payload-too-large"
+
+
 async def test_domain_error_maps_to_problem_with_code_and_request_id() -> None:
     async with client(make_app(1000)) as c:
         r = await c.get("/conflict", headers={"x-request-id": "req-0001-abcd"})

@@ -20,6 +20,7 @@ incremental runs, so templates never handle paging themselves.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -96,8 +97,36 @@ _DENIED_FUNCTIONS = frozenset(
         "readfile",
         "writefile",
         "fts3_tokenizer",
+        # side effects (sequences, transaction ids, notifications, locks)
+        "nextval",
+        "setval",
+        "txid_current",
+        "pg_current_xact_id",
+        "pg_notify",
+        # run SQL given as a string, which would bypass every check here
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "table_to_xml",
+        "table_to_xmlschema",
+        "table_to_xml_and_xmlschema",
+        "schema_to_xml",
+        "schema_to_xmlschema",
+        "schema_to_xml_and_xmlschema",
+        "database_to_xml",
+        "database_to_xmlschema",
+        "database_to_xml_and_xmlschema",
     }
 )
+# Whole families: PostgreSQL's server functions (pg_*: files, locks, backends, settings,
+# catalogue lookups), large objects, dblink, SQLite's pragma table functions.
+_DENIED_PREFIXES = ("pg_", "lo_", "dblink", "pragma_", "sqlite_")
+# System catalogues: by schema, and by the names of the unqualified catalogue relations.
+_CATALOGUE_SCHEMAS = frozenset(
+    {"pg_catalog", "information_schema", "pg_toast", "mysql", "performance_schema", "sys"}
+)
+_CATALOGUE_PREFIXES = ("pg_", "sqlite_", "pragma_")
 _WRITES = (
     exp.Insert,
     exp.Update,
@@ -146,14 +175,27 @@ def static_errors(sql: str, kind: TemplateKind, dialect: str) -> list[str]:
     for table in tree.find_all(exp.Table):
         name = table.name.lower()
         qualifier = (table.db or "").lower()
-        if qualifier and qualifier not in {"public", "main"}:
+        if qualifier in _CATALOGUE_SCHEMAS or (
+            name.startswith(_CATALOGUE_PREFIXES) and name not in _ALLOWED_TABLES
+        ):
+            errors.append(
+                f"system catalogue {table.sql(dialect=read)} is outside the course database "
+                "(only course-database tables may be read)"
+            )
+        elif isinstance(table.this, exp.Func):
+            errors.append(f"table function {table.this.sql(dialect=read)} is not allowed")
+        elif qualifier and qualifier not in {"public", "main"}:
             errors.append(f"table {table.sql(dialect=read)} is outside the course database")
         elif name not in _ALLOWED_TABLES and name not in ctes:
             errors.append(f"unknown table {name!r}: only course-database tables may be read")
     for func in tree.find_all(exp.Func):
         fname = (func.name if isinstance(func, exp.Anonymous) else func.sql_name()).lower()
-        if fname in _DENIED_FUNCTIONS:
+        if fname in _DENIED_FUNCTIONS or fname.startswith(_DENIED_PREFIXES):
             errors.append(f"function {fname}() is not allowed in a template")
+    for cast in tree.find_all(exp.Cast):
+        # ::regclass, ::regproc ... look objects up in the system catalogues
+        if cast.to.sql(dialect=read).lower().startswith("reg"):
+            errors.append("casts to reg* types (catalogue lookups) are not allowed")
     for ph in tree.find_all(exp.Placeholder):
         if ph.name and ph.name not in VARIABLES:
             errors.append(
@@ -198,14 +240,24 @@ async def trial_run(
             await conn.execute(text("START TRANSACTION READ ONLY"))
         elif dialect == "sqlite":
             await conn.execute(text("PRAGMA query_only = ON"))
+            # SQLite has no statement timeout: abort from its progress handler at the deadline
+            # (a runaway recursive CTE would otherwise spin in the driver thread for ever).
+            deadline = time.monotonic() + timeout_ms / 1000
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            await driver.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
         try:
             result = await conn.stream(text(sql), params)
             columns = list(result.keys())
             rows = [dict(r._mapping) for r in await result.fetchmany(limit)]
             await result.close()
+        except Exception:
+            if dialect == "sqlite" and time.monotonic() > deadline:
+                raise TimeoutError(f"the query ran longer than {timeout_ms} ms") from None
+            raise
         finally:
             await conn.rollback()
             if dialect == "sqlite":
+                await driver.set_progress_handler(None, 0)
                 await conn.execute(text("PRAGMA query_only = OFF"))
             elif dialect in ("mysql", "mariadb"):
                 await conn.execute(text("SET SESSION TRANSACTION READ WRITE"))

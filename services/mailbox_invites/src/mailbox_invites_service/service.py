@@ -85,7 +85,7 @@ def validate_ca_pem(pem: str | None) -> None:
         return
     try:
         ssl.create_default_context().load_verify_locations(cadata=pem)
-    except (ssl.SSLError, ValueError):
+    except (ssl.SSLError, ValueError, TypeError):  # TypeError: non-ASCII text as cadata
         raise Invalid(
             "tls_ca_pem is not a PEM certificate (or bundle) that can be trusted",
             code="invalid-ca-certificate",
