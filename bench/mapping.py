@@ -2,9 +2,12 @@
 
 Two definitions: ``issue-6`` is the issue's yardstick (20 fields, 3 transforms, a filter; target
 >= 100,000 records/s) and ``course-export`` is a realistic web export (German dates, Europe/Berlin
-times, lookups, number formats, concatenation, a conditional, nested targets). Compilation is
-timed separately. Prints figures and writes bench/results/mapping.json (the target: the
-``issue-6`` streaming figure); asserts nothing.
+times, lookups, number formats, concatenation, a conditional, nested targets). Each runs on the
+engine services use (``compile_mapping``: generated Python) and, for comparison in the same run
+on the same loaded machine, on the reference interpreter. Compilation (validation, code
+generation, ``compile()``) is timed separately. Prints figures and writes
+bench/results/mapping.json (the target: the ``issue-6`` streaming figure of the compiled
+engine); asserts nothing.
 
     .venv/bin/python bench/mapping.py [--rows 50000] [--repeat 3]
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh_common.mapping import compile_mapping, load_mapping
+from mesh_common.mapping.interpreter import interpret_mapping
 
 ISSUE_6: dict[str, Any] = {
     "name": "issue-6",
@@ -144,10 +148,15 @@ def make_rows(n: int, seed: int = 6) -> list[dict[str, Any]]:
 
 
 def bench(
-    name: str, defn: dict[str, Any], rows: list[dict[str, Any]], repeat: int
+    name: str,
+    defn: dict[str, Any],
+    rows: list[dict[str, Any]],
+    repeat: int,
+    engine: str = "compiled",
 ) -> dict[str, float]:
     t0 = time.perf_counter()
-    compiled = compile_mapping(load_mapping(defn))
+    build = compile_mapping if engine == "compiled" else interpret_mapping
+    compiled: Any = build(load_mapping(defn))
     compile_ms = (time.perf_counter() - t0) * 1000
     marker = datetime(2025, 9, 15, tzinfo=UTC)
     stream = kept = map_only = float("inf")
@@ -172,7 +181,7 @@ def bench(
         map_only = min(map_only, time.perf_counter() - t0)
     n = len(rows)
     print(
-        f"{name:<14} fields={len(defn['fields']):>2} compile={compile_ms:5.2f} ms  "
+        f"{name:<14} {engine:<11} fields={len(defn['fields']):>2} compile={compile_ms:5.2f} ms  "
         f"stream={n / stream:>9,.0f} rec/s  kept={n / kept:>9,.0f} rec/s  "
         f"map-only={n / map_only:>9,.0f} rec/s  "
         f"(mapped {mapped}, filtered {skipped}, errors {failed})"
@@ -194,9 +203,25 @@ def main() -> None:
     print(f"rows={args.rows} repeat={args.repeat} cpus={os.cpu_count()} (best run of each shown)")
     issue = bench("issue-6", ISSUE_6, rows, args.repeat)
     course = bench("course-export", COURSE_EXPORT, rows, args.repeat)
+    issue_ref = bench("issue-6", ISSUE_6, rows, args.repeat, engine="interpreter")
+    course_ref = bench("course-export", COURSE_EXPORT, rows, args.repeat, engine="interpreter")
+    for label, fast, ref in (("issue-6", issue, issue_ref), ("course-export", course, course_ref)):
+        print(
+            f"{label}: generated code vs interpreter, stream x"
+            f"{fast['stream_per_s'] / ref['stream_per_s']:.1f}, map-only x"
+            f"{fast['map_only_per_s'] / ref['map_only_per_s']:.1f}"
+        )
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores")
     # The target is the streaming figure: a sync maps, writes and drops records as it goes.
     result = {
-        "figures": {"issue-6": issue, "course-export": course, "rows": args.rows},
+        "figures": {
+            "issue-6": issue,
+            "course-export": course,
+            "interpreter": {"issue-6": issue_ref, "course-export": course_ref},
+            "rows": args.rows,
+            "load_average": list(load),
+        },
         "targets": {
             "issue-6 (20 fields, 3 transforms, filter) rec/s": {
                 "target": ">= 100000",

@@ -28,9 +28,14 @@ Use it as ``m = compile_mapping(load_yaml(text))`` once, then ``m.apply(row, sin
 per record (or ``m.run(rows, since=marker)``); each result has ``record``, ``errors`` (a list of
 :class:`MappingError`) and ``skipped``. ``check_sources(defn, schema)`` reports source paths the
 records do not have (schema: a pydantic model or dotted paths). Public surface only here; the
-language lives in :mod:`.model`, its runtime in :mod:`.compiler`, source checks in
-:mod:`.sources`. This package must not do IO or evaluate code
-from definitions.
+language lives in :mod:`.model`, source checks in :mod:`.sources`.
+
+``compile_mapping`` generates the Python source of one function per definition
+(:mod:`.codegen`; ``m.source`` shows it), compiles it once and runs it in a namespace without
+builtins. Text from a definition never becomes code: names are generated, values appear only as
+``repr()`` literals checked to read back identically, everything else is bound by name.
+:mod:`.interpreter` is the reference engine (closures, same API); a property test holds the two
+to identical results and errors. This package must not do IO.
 """
 
 from mesh_common.mapping.compiler import (
