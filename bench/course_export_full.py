@@ -136,6 +136,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)]
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (all processes, all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True)
 
@@ -379,6 +387,7 @@ async def measure(courses: int) -> dict[str, Any]:
 
             outbox = await asyncpg.connect(database_url.replace("+asyncpg", ""))
             cpu_before, load_before = service.cpu_seconds(), os.getloadavg()[0]
+            machine_before = machine_cpu()
             started = time.time()
             execution = await service.run_task("full-export", within=1800)
             task_done = time.time()
@@ -395,6 +404,13 @@ async def measure(courses: int) -> dict[str, Any]:
             results["peak_rss_mb"] = service.peak_rss_mb()
             results["service_cpu_seconds"] = service.cpu_seconds() - cpu_before
             results["load_average_1m"] = [load_before, os.getloadavg()[0]]
+            machine_after = machine_cpu()
+            # Everything the machine did meanwhile: course-export, PostgreSQL, RabbitMQ, the
+            # bench itself and whatever else runs on the shared machine.
+            results["machine_busy_cpu_seconds"] = machine_after[0] - machine_before[0]
+            results["machine_busy_fraction"] = results["machine_busy_cpu_seconds"] / (
+                machine_after[1] - machine_before[1]
+            )
         finally:
             await service.stop()
         exported = execution["counts"]["succeeded"]
@@ -451,7 +467,8 @@ def main() -> int:
         f"  course-export used {r['service_cpu_seconds']:.0f} CPU s "
         f"({1000 * r['service_cpu_seconds'] / r['exported']:.2f} ms per course); machine load "
         f"average {r['load_average_1m'][0]:.1f} -> {r['load_average_1m'][1]:.1f} on "
-        f"{os.cpu_count()} cores"
+        f"{os.cpu_count()} cores, {r['machine_busy_cpu_seconds']:.0f} CPU s busy in all "
+        f"({100 * r['machine_busy_fraction']:.0f} % of the machine)"
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "course_export_full.json"

@@ -9,12 +9,18 @@ from typing import Any
 
 import pytest
 from course_export_service.default_templates import DEFAULT_TEMPLATES
-from course_export_service.documents import DocumentBuilder
-from course_export_service.templates import TemplateKind
+from course_export_service.documents import (
+    CHILD_KINDS,
+    DocumentBuilder,
+    fetch_page,
+    fetch_rows,
+)
+from course_export_service.templates import TemplateKind, template_params
 from coursedb import schema
 from coursedb.engine import create_engine
 from coursedb.seed import seed
 from mesh_contracts.course_export import CourseDocument
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 
@@ -95,3 +101,47 @@ async def test_one_broken_course_does_not_stop_the_others(
     assert outcomes[ids[1]].built is None
     assert any("fee" in e for e in outcomes[ids[1]].errors)
     assert all(outcomes[i].built is not None for i in (ids[0], ids[2], ids[3]))
+
+
+@pytest.mark.postgres
+async def test_postgres_rows_straight_from_asyncpg_equal_sqlalchemy_rows(
+    pg_url: str, published_courses: Any
+) -> None:
+    """On PostgreSQL the exporter reads asyncpg records directly; same values and types as the
+    SQLAlchemy result rows, and the same documents and hashes."""
+    engine = create_engine(pg_url)
+    await seed(engine, courses=40, seed=4, reset=True)
+    try:
+        ids = [r.id for r in await published_courses(engine)]
+        via_sqlalchemy: dict[TemplateKind, list[dict[str, Any]]] = {}
+        for kind, sql in DEFAULT_TEMPLATES.items():
+            query = text(
+                f"SELECT * FROM ({sql}) AS t WHERE t.course_id IN :ids ORDER BY t.course_id"
+            ).bindparams(bindparam("ids", expanding=True))
+            async with engine.connect() as conn:
+                result = await conn.execute(query, {**template_params(sql), "ids": ids})
+                via_sqlalchemy[kind] = [dict(r._mapping) for r in result]
+            fast = await fetch_rows(engine, sql, ids)
+            assert fast and not isinstance(fast[0], dict)  # asyncpg's Record
+            as_dicts = [dict(r.items()) for r in fast]
+            assert as_dicts == via_sqlalchemy[kind], kind
+            types = [{k: type(v) for k, v in r.items()} for r in as_dicts]
+            assert types == [{k: type(v) for k, v in r.items()} for r in via_sqlalchemy[kind]]
+        page = await fetch_page(engine, DEFAULT_TEMPLATES[TemplateKind.COURSES], after=0, limit=7)
+        assert [dict(r.items()) for r in page] == via_sqlalchemy[TemplateKind.COURSES][:7]
+
+        builder = DocumentBuilder()
+        children: dict[TemplateKind, dict[int, list[Any]]] = {}
+        for kind in CHILD_KINDS:
+            grouped: dict[int, list[Any]] = {}
+            for row in via_sqlalchemy[kind]:
+                grouped.setdefault(int(row["course_id"]), []).append(row)
+            children[kind] = grouped
+        slow_docs = builder.build_all(via_sqlalchemy[TemplateKind.COURSES], children)
+        fast_docs = await builder.build_for(engine, DEFAULT_TEMPLATES, ids)
+        assert [(o.course_id, o.built.hash, o.built.document) for o in fast_docs if o.built] == [
+            (o.course_id, o.built.hash, o.built.document) for o in slow_docs if o.built
+        ]
+        assert len(fast_docs) == len(ids)
+    finally:
+        await engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 from pathlib import Path
 
@@ -71,6 +72,20 @@ async def _choose_change_source(runtime: ServiceRuntime) -> None:
     log.info("course-export change detection: %s", source)
 
 
+async def _freeze_startup_heap(runtime: ServiceRuntime) -> None:
+    """Move everything alive after startup (modules, app, schemas: hundreds of thousands of
+    objects that live as long as the process) out of the cyclic garbage collector's reach.
+
+    A full snapshot allocates millions of short-lived containers; every full collection would
+    otherwise walk the whole startup heap again (measured: a quarter of the snapshot's CPU).
+    Reference counting still frees these objects; only cycles among them are never collected,
+    and they live for the whole process anyway. Process-wide, so harmless when several
+    services share a process (the embedded launcher).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def _start_live(runtime: ServiceRuntime) -> None:
     """Scheduled exports (every backend) and, on PostgreSQL, the change watcher."""
     settings = runtime.settings
@@ -121,7 +136,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metadata=metadata,
         migrations=MIGRATIONS,
         handlers=[handlers],
-        on_startup=[remember, _open_coursedb, _choose_change_source, start_tasks, _start_live],
+        on_startup=[
+            remember,
+            _open_coursedb,
+            _choose_change_source,
+            start_tasks,
+            _start_live,
+            _freeze_startup_heap,
+        ],
         # Run in reverse: the watcher and dispatcher stop first, the coursedb closes last.
         on_shutdown=[_close_coursedb, stop_tasks, _stop_live],
     )

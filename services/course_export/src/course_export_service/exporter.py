@@ -21,7 +21,6 @@ import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from coursedb import schema as coursedb_schema
 from mesh_common.app import ServiceRuntime
@@ -41,6 +40,7 @@ from course_export_service.documents import (
     BuildOutcome,
     Children,
     DocumentBuilder,
+    Row,
     fetch_children,
     fetch_page,
 )
@@ -71,7 +71,7 @@ class ExportCounts:
 
 @dataclass
 class _Page:
-    courses: list[dict[str, Any]]
+    courses: list[Row]
     children: Children
 
 
@@ -130,53 +130,72 @@ class Exporter:
             return
         await out.put(None)
 
+    async def _write_page(
+        self,
+        outcomes: list[BuildOutcome],
+        batch_no: int,
+        counts: ExportCounts,
+        report: Reporter,
+    ) -> None:
+        """Report a built page's failures, then (if anything built) record what is sent and
+        put the ``SnapshotBatch`` into the outbox in one transaction, then report the rest."""
+        for o in outcomes:
+            if o.built is None:
+                counts.failed_outcome(o)
+                await report(
+                    o.number or f"id:{o.course_id}", "snapshot", "failed", "; ".join(o.errors)
+                )
+        built = [o.built for o in outcomes if o.built is not None]
+        if not built:
+            return
+        async with self.runtime.db.unit_of_work() as session:
+            await ExportState(session).record_sent(built, at=dt.datetime.now(dt.UTC))
+            await self.outbox.add(
+                session,
+                SnapshotBatch(
+                    snapshot_id=counts.snapshot_id,
+                    batch_no=batch_no,
+                    courses=[_model(b) for b in built],
+                ),
+            )
+        counts.exported += len(built)
+        for b in built:
+            await report(b.number, "snapshot", "ok", None)
+
     async def full_snapshot(self, report: Reporter = _no_report) -> ExportCounts:
         templates = await self._templates()
         counts = ExportCounts(snapshot_id=new_id())
         started = dt.datetime.now(dt.UTC)
         seen: set[int] = set()
         batch_no = 0
-        # The next page is read while this one is built and written (the coursedb works while
-        # Python maps); the small queue bounds what is held in memory.
+        # Three stages overlap: the next page is read (the coursedb works) and the previous
+        # page is written (course-export's database works) while this one is built (Python
+        # maps). At most one write is in flight, so batches reach the outbox in order; the
+        # small queue bounds what is held in memory.
         pages: _PageQueue = asyncio.Queue(maxsize=2)
         reader = asyncio.create_task(self._pages(templates, pages), name="snapshot-reader")
+        writing: asyncio.Task[None] | None = None
         try:
             while (page := await pages.get()) is not None:
                 if isinstance(page, Exception):
                     raise page
                 outcomes = self.builder.build_all(page.courses, page.children)
-                built = [o.built for o in outcomes if o.built is not None]
-                for o in outcomes:
-                    if o.built is None:
-                        counts.failed_outcome(o)
-                        await report(
-                            o.number or f"id:{o.course_id}",
-                            "snapshot",
-                            "failed",
-                            "; ".join(o.errors),
-                        )
                 seen.update(o.course_id for o in outcomes)
-                if not built:
-                    continue
-                batch_no += 1
-                async with self.runtime.db.unit_of_work() as session:
-                    await ExportState(session).record_sent(built, at=dt.datetime.now(dt.UTC))
-                    await self.outbox.add(
-                        session,
-                        SnapshotBatch(
-                            snapshot_id=counts.snapshot_id,
-                            batch_no=batch_no,
-                            courses=[_model(b) for b in built],
-                        ),
-                    )
-                counts.exported += len(built)
-                for b in built:
-                    await report(b.number, "snapshot", "ok", None)
+                if any(o.built is not None for o in outcomes):
+                    batch_no += 1
+                if writing is not None:
+                    await writing  # raises what stopped it (a database error, a cancel)
+                writing = asyncio.create_task(
+                    self._write_page(outcomes, batch_no, counts, report), name="snapshot-writer"
+                )
+            if writing is not None:
+                await writing
         finally:
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            for task in (writing, reader):
+                if task is not None and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         async with self.runtime.db.unit_of_work() as session:
             state = ExportState(session)
             gone = await state.published_ids() - seen
