@@ -6,8 +6,15 @@ contention does not dominate; a database for booking's own tables; a RabbitMQ vh
 service runs as its own process (``python -m booking_service``, as in production); this process
 is the website backend: ``--clients`` tasks each place one order after the other with
 ``booking.place_order`` (a new person per order, a random course; every fifth order pays by SEPA
-with a new bank account, the rest by invoice) and time each call. Notifications are off (they
-are optional per centre; the bench measures the booking).
+with a new bank account, the rest by invoice) and time each call. By default notifications are
+off (they are optional per centre; the bench measures the booking). ``--notifications`` turns
+them on (confirmation + centre protocol with PDFs, queued but not sent: no SMTP server): the
+answers do not wait for them (the mails are prepared after the answer), and the bench also
+reports how long the service needed until every accepted order's mails were queued.
+
+It reads the CPU time the booking process and this (client) process spent during the measured
+window from ``/proc``, so "CPU per booking" is reported next to the rates: on a busy machine the
+rate mostly says how much CPU the service got, the CPU per booking says what a booking costs.
 
 In the same run it measures the raw single-row transaction rate of the same PostgreSQL server
 (``--clients`` asyncpg connections, each committing one ``INSERT`` after the other) and prints the
@@ -17,6 +24,7 @@ exactly one registration and that no course is overbooked.
 Targets: >= 300 bookings/s and p99 < 100 ms. Writes bench/results/booking.json.
 
     .venv/bin/python bench/booking.py [--clients 32] [--seconds 20] [--courses 2000]
+        [--notifications] [--replicas 1]
 """
 
 from __future__ import annotations
@@ -130,8 +138,19 @@ def make_order(n: int, numbers: list[str], rng: random.Random) -> Order:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def booking_load(
-    amqp_url: str, numbers: list[str], clients: int, seconds: float, warmup: float
+    amqp_url: str,
+    numbers: list[str],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    service_pids: list[int],
 ) -> dict[str, Any]:
     bus = create_bus(BusSettings(service="website", amqp_url=amqp_url, rpc_timeout=30.0))
     await bus.start()
@@ -142,6 +161,16 @@ async def booking_load(
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + seconds
+    cpu: dict[str, float] = {}
+
+    async def window() -> None:
+        # The CPU both processes spend while the measured window runs.
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        cpu["service"] = sum(cpu_seconds(pid) for pid in service_pids)
+        cpu["client"] = time.process_time()
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        cpu["service"] = sum(cpu_seconds(pid) for pid in service_pids) - cpu["service"]
+        cpu["client"] = time.process_time() - cpu["client"]
 
     async def client(seed_no: int) -> None:
         rng = random.Random(seed_no)
@@ -161,12 +190,18 @@ async def booking_load(
                 statuses[result.status.value] = statuses.get(result.status.value, 0) + 1
 
     try:
-        await asyncio.gather(*(client(i) for i in range(clients)))
+        await asyncio.gather(window(), *(client(i) for i in range(clients)))
     finally:
         await bus.stop(grace=2)
     accepted = statuses.get("accepted", 0)
+    answered = len(latencies)
     return {
         "bookings_per_s": accepted / seconds,
+        # Per call answered in the window (calls that straddle its edges are not counted, so
+        # these slightly overstate the cost).
+        "service_cpu_ms_per_booking": cpu["service"] * 1000 / answered if answered else None,
+        "client_cpu_ms_per_call": cpu["client"] * 1000 / answered if answered else None,
+        "service_cpu_share": cpu["service"] / seconds,
         "calls_measured": len(latencies),
         "statuses": statuses,
         "errors": len(errors),
@@ -255,6 +290,36 @@ async def raw_rpc_rate(amqp_url: str, clients: int, seconds: float) -> float:
         await server.close()
 
 
+async def mails_drained(booking_url: str, started: float, limit: float) -> dict[str, Any]:
+    """Wait until no accepted order's mails wait to be prepared; how long it took (from the
+    start of the load) and how many mails were queued."""
+    engine = create_engine(booking_url)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SET search_path TO booking"))
+            deadline = time.perf_counter() + limit
+            while True:
+                due = await conn.scalar(
+                    text("SELECT count(*) FROM orders WHERE notify_at IS NOT NULL")
+                )
+                if not due or time.perf_counter() > deadline:
+                    break
+                await conn.commit()
+                await asyncio.sleep(0.5)
+            queued = await conn.scalar(text("SELECT count(*) FROM mesh_mail_queue"))
+            failed = await conn.scalar(
+                text("SELECT count(*) FROM orders WHERE last_error LIKE 'notification%'")
+            )
+    finally:
+        await engine.dispose()
+    return {
+        "mails_queued": queued,
+        "orders_with_mail_errors": failed,
+        "orders_still_due": due,
+        "all_mails_queued_after_s": time.perf_counter() - started,
+    }
+
+
 async def check_integrity(url: str, accepted_at_least: int) -> dict[str, Any]:
     engine = create_engine(url)
     try:
@@ -278,7 +343,7 @@ async def check_integrity(url: str, accepted_at_least: int) -> dict[str, Any]:
     finally:
         await engine.dispose()
     assert bench_orders == bench_regs, "every bench order must have exactly one registration"
-    assert bench_orders >= accepted_at_least
+    assert bench_orders is not None and bench_orders >= accepted_at_least
     return {"orders": bench_orders, "registrations": bench_regs, "overbooked_courses": overbooked}
 
 
@@ -309,6 +374,14 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--courses", type=int, default=2000)
     parser.add_argument("--raw-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--notifications",
+        action="store_true",
+        help="confirmation and protocol mails with PDFs on (queued, not sent)",
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="booking processes sharing the RPC queue"
+    )
     args = parser.parse_args()
 
     load_start = os.getloadavg()[0]
@@ -323,35 +396,50 @@ async def main() -> int:
     await admin(f'CREATE DATABASE "{booking_name}"')
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    proc: subprocess.Popen[bytes] | None = None
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         print(f"== seeding a coursedb with {args.courses} courses", flush=True)
         numbers = await prepare_coursedb(coursedb_url, args.courses)
         print(f"  {len(numbers)} bookable courses", flush=True)
-        proc = start_service(
-            {
-                "DATABASE_URL": booking_url,
-                "COURSEDB_URL": coursedb_url,
-                "AMQP_URL": amqp_url,
-                "COURSEDB_POOL_SIZE": str(args.clients),
-                "ENVIRONMENT": "production",
-                # The booking itself is measured; mails are optional per centre.
-                "NOTIFICATIONS_ENABLED": "false",
-                "MAIL_SENDER_ENABLED": "false",
-            },
-            port=18102,
+        env = {
+            "DATABASE_URL": booking_url,
+            "COURSEDB_URL": coursedb_url,
+            "AMQP_URL": amqp_url,
+            "COURSEDB_POOL_SIZE": str(args.clients),
+            "ENVIRONMENT": "production",
+            # By default the booking itself is measured; mails are optional per centre.
+            "NOTIFICATIONS_ENABLED": "true" if args.notifications else "false",
+            "CENTRE_EMAIL": "anmeldung@vhs-bench.example",
+            "MAIL_SENDER_ENABLED": "false",
+        }
+        # Replicas consume the same RPC queue (competing consumers), as in production.
+        for i in range(args.replicas):
+            procs.append(start_service(env, port=18102 + i))
+        mode = "with mails" if args.notifications else "no mails"
+        mode += f", {args.replicas} booking process{'es' if args.replicas > 1 else ''}"
+        print(f"== LIVE booking: {args.clients} clients, {args.seconds:.0f} s, {mode}", flush=True)
+        started = time.perf_counter()
+        load = await booking_load(
+            amqp_url, numbers, args.clients, args.seconds, args.warmup, [p.pid for p in procs]
         )
-        print(f"== LIVE booking: {args.clients} clients, {args.seconds:.0f} s", flush=True)
-        load = await booking_load(amqp_url, numbers, args.clients, args.seconds, args.warmup)
+        if args.notifications:
+            print("== waiting until every accepted order's mails are queued", flush=True)
+            load["mails"] = await mails_drained(booking_url, started, limit=600)
+        # The raw figures need the server's connections: the service's pools are closed first.
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
         print("== raw single-row transactions on the same server", flush=True)
         raw = await raw_rate(f"{PG}/{coursedb_name}", args.clients, args.raw_seconds)
         print("== raw aio-pika RPC echo on the same broker", flush=True)
         rpc_ceiling = await raw_rpc_rate(amqp_url, args.clients, args.raw_seconds)
         integrity = await check_integrity(coursedb_url, load["statuses"].get("accepted", 0))
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
         await admin(f'DROP DATABASE IF EXISTS "{coursedb_name}" WITH (FORCE)')
         await admin(f'DROP DATABASE IF EXISTS "{booking_name}" WITH (FORCE)')
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], check=False)  # noqa: ASYNC221
@@ -361,6 +449,8 @@ async def main() -> int:
     results: dict[str, Any] = {
         "clients": args.clients,
         "seconds": args.seconds,
+        "notifications": args.notifications,
+        "replicas": args.replicas,
         "courses": args.courses,
         "bookable_courses": len(numbers),
         **load,
@@ -376,14 +466,27 @@ async def main() -> int:
         },
     }
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    target = RESULTS.with_name("booking_notifications.json") if args.notifications else RESULTS
+    target.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    mails = load.get("mails")
+    mail_line = (
+        f"\n  mails             {mails['mails_queued']} queued, all after "
+        f"{mails['all_mails_queued_after_s']:.1f} s (load ran {args.warmup + args.seconds:.0f} s)"
+        f"; {mails['orders_with_mail_errors']} orders with mail errors"
+        if mails
+        else ""
+    )
     print(
         f"""
-LIVE booking over AMQP RPC (PostgreSQL + RabbitMQ, {args.clients} clients, {args.seconds:.0f} s)
+LIVE booking over AMQP RPC (PostgreSQL + RabbitMQ, {args.clients} clients, {args.seconds:.0f} s, \
+{mode})
   bookings/s        {rate:8.1f}   (target >= 300: {"met" if rate >= 300 else "MISSED"})
   p50 / p95 / p99   {load["p50_ms"]:.1f} / {load["p95_ms"]:.1f} / {p99:.1f} ms
                     (p99 target < 100: {"met" if p99 < 100 else "MISSED"})
   statuses          {load["statuses"]}  errors {load["errors"]}
+  CPU per booking   {load["service_cpu_ms_per_booking"] or 0:.2f} ms booking process \
+({load["service_cpu_share"]:.2f} CPUs used), {load["client_cpu_ms_per_call"] or 0:.2f} ms \
+client{mail_line}
   raw single-row tx {raw:8.1f} /s on the same server
   ratio             {ratio:.3f} bookings per raw transaction
   raw RPC echo      {rpc_ceiling:8.1f} /s (aio-pika, same broker, same concurrency: the ceiling)

@@ -9,7 +9,7 @@ from coursedb.banking import BankCipher, InvalidIBAN, add_account, check_iban, f
 from coursedb.engine import create_schema, drop_schema
 from coursedb.schema import bank_accounts, participants
 from mesh_common.secrets import DecryptionError, SecretBox, generate_key
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -84,3 +84,47 @@ async def test_add_account_encrypts_dedupes_and_moves_the_default(
     assert all(IBAN not in str(tuple(r)) for r in rows.values())
     assert found is not None and found["id"] == second
     assert cipher.open(rows[first]) == IBAN
+
+
+async def test_account_of_a_new_owner_is_the_default_in_one_statement(
+    scratch_engine: AsyncEngine,
+) -> None:
+    cipher = BankCipher(SecretBox([generate_key()]))
+    await drop_schema(scratch_engine)
+    await create_schema(scratch_engine)
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, sql: str, *_args: object) -> None:
+        statements.append(sql.split()[0].upper())
+
+    async with scratch_engine.begin() as conn:
+        await conn.execute(
+            participants.insert().values(
+                id=7, first_name="Ada", last_name="Neu", created_at=T0, updated_at=T0
+            )
+        )
+        event.listen(scratch_engine.sync_engine, "before_cursor_execute", count)
+        try:
+            account = await add_account(
+                conn,
+                cipher,
+                participant_id=7,
+                account_holder="Ada Neu",
+                iban="DE89 3704 0044 0532 0130 00",
+                mandate_reference="VHS-7-NEW",
+                new_owner=True,
+            )
+        finally:
+            event.remove(scratch_engine.sync_engine, "before_cursor_execute", count)
+        with pytest.raises(InvalidIBAN):
+            await add_account(
+                conn, cipher, participant_id=7, account_holder="x", iban="DE00123", new_owner=True
+            )
+    assert statements == ["INSERT"]
+    async with scratch_engine.connect() as conn:
+        [row] = (await conn.execute(select(bank_accounts))).all()
+        found = await find_account(conn, cipher, 7, IBAN)
+    assert row.id == account and row.is_default and row.mandate_reference == "VHS-7-NEW"
+    assert row.iban_masked == mask(IBAN) and cipher.open(row) == IBAN
+    assert IBAN not in str(tuple(row))
+    assert found is not None and found["id"] == account

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from coursedb import schema as cdb
+from coursedb.banking import add_account
 from sqlalchemy import select
 
 from .conftest import (
@@ -290,3 +291,120 @@ async def test_deadline_passed_and_started_course_are_closed(
         for number in ("262-70001", "262-70002"):
             r = await svc.client.post("/orders", json=order(courses=[number]), headers=SERVICE)
             assert r.json()["lines"][0]["reason"] == "registration_closed", number
+
+
+async def test_payer_and_account_on_every_write_path(stack: tuple[str, dict[str, Any]]) -> None:
+    """A new payer who books nothing with a new SEPA account for two children (PostgreSQL: all
+    rows in one statement), a known person's new account, a stored account without a mandate
+    reference: ids, line order, defaults and references as written."""
+    url, extra = stack
+    async with running(url, **extra) as svc:
+        await add_course(svc.coursedb, "262-70001", seats=5, fee="50.00")
+        await add_course(svc.coursedb, "262-70002", seats=5, fee="70.00")
+        people = [
+            {
+                "key": "kid1",
+                "person": person("Lena", "Brandt", email=None, birth_date="2015-01-02"),
+            },
+            {"key": "dad", "person": person("Jan", "Brandt")},
+            {"key": "kid2", "person": person("Tom", "Brandt", email=None, birth_date="2017-03-04")},
+        ]
+        items = [
+            {"participant": "kid2", "course_number": "262-70002"},
+            {"participant": "kid1", "course_number": "262-70001"},
+            {"participant": "kid2", "course_number": "262-70001"},
+        ]
+        body = {**order("W-PAY-1", people=people, items=items, payment=sepa_new()), "payer": "dad"}
+        result = (await svc.client.post("/orders", json=body, headers=SERVICE)).json()
+        assert result["status"] == "accepted", result
+        ids = result["participant_ids"]
+        assert set(ids) == {"kid1", "dad", "kid2"} and len(set(ids.values())) == 3
+        lines = result["lines"]
+        assert [(x["participant"], x["course_number"]) for x in lines] == [
+            ("kid2", "262-70002"),
+            ("kid1", "262-70001"),
+            ("kid2", "262-70001"),
+        ]
+        reg_ids = [x["registration_id"] for x in lines]
+        assert reg_ids == sorted(reg_ids)  # written in line order
+        async with svc.coursedb.connect() as conn:
+            regs = {
+                r.id: r
+                for r in await conn.execute(
+                    select(cdb.registrations).where(
+                        cdb.registrations.c.order_id == result["order_id"]
+                    )
+                )
+            }
+            o = (
+                await conn.execute(select(cdb.orders).where(cdb.orders.c.id == result["order_id"]))
+            ).one()
+            account = (
+                await conn.execute(
+                    select(cdb.bank_accounts).where(
+                        cdb.bank_accounts.c.id == result["bank_account_id"]
+                    )
+                )
+            ).one()
+            dad = (
+                await conn.execute(
+                    select(cdb.participants).where(cdb.participants.c.id == ids["dad"])
+                )
+            ).one()
+        assert [(regs[i].participant_id, regs[i].fee_charged) for i in reg_ids] == [
+            (ids["kid2"], Decimal("70.00")),
+            (ids["kid1"], Decimal("50.00")),
+            (ids["kid2"], Decimal("50.00")),
+        ]
+        assert (o.participant_id, o.bank_account_id, o.external_order_id) == (
+            ids["dad"],
+            account.id,
+            "W-PAY-1",
+        )
+        assert o.total_amount == Decimal("170.00") and o.row_version == 1
+        assert (dad.first_name, dad.country, dad.row_version) == ("Jan", "DE", 1)
+        assert account.participant_id == ids["dad"] and account.is_default
+        assert account.mandate_reference == result["mandate_reference"]
+        assert result["mandate_reference"].startswith(f"VHS-{ids['dad']}-")
+        assert result["iban_masked"] == account.iban_masked == "DE** **** **** **** **30 00"
+        assert svc.booking.cipher.open(account) == VALID_IBAN
+
+        # A known person (matched) with a new account: found, stored as the first default.
+        known = await add_participant(svc.coursedb, "Erika", "Mustermann")
+        same = person("Erika", "Mustermann", email="erika@example.org", birth_date="1964-08-12")
+        body = order(
+            "W-PAY-2",
+            people=[{"key": "p", "person": same}],
+            courses=["262-70001"],
+            payment=sepa_new("DE02120300000000202051"),
+        )
+        result = (await svc.client.post("/orders", json=body, headers=SERVICE)).json()
+        assert result["status"] == "accepted" and result["participant_ids"] == {"p": known}
+        assert result["mandate_reference"].startswith(f"VHS-{known}-")
+
+        # A stored account without a mandate reference gets one with the booking.
+        async with svc.coursedb.begin() as conn:
+            stored = await add_account(
+                conn,
+                svc.booking.cipher,
+                participant_id=known,
+                account_holder="Erika Mustermann",
+                iban="DE02500105170137075030",
+            )
+        body = order(
+            "W-PAY-3",
+            people=[{"key": "me", "participant_id": known}],
+            courses=["262-70002"],
+            payment={"method": "sepa", "bank_account_id": stored},
+        )
+        result = (await svc.client.post("/orders", json=body, headers=STAFF)).json()
+        assert result["status"] == "accepted", result
+        assert result["bank_account_id"] == stored
+        assert result["mandate_reference"].startswith(f"VHS-{known}-")
+        async with svc.coursedb.connect() as conn:
+            reference = await conn.scalar(
+                select(cdb.bank_accounts.c.mandate_reference).where(
+                    cdb.bank_accounts.c.id == stored
+                )
+            )
+        assert reference == result["mandate_reference"]

@@ -18,8 +18,10 @@ from .conftest import (
     SERVICE,
     STAFF,
     VALID_IBAN,
+    Running,
     add_course,
     add_participant,
+    eventually,
     headers,
     order,
     person,
@@ -57,6 +59,20 @@ async def _coursedb(tmp_path: Path) -> str:
     url = f"sqlite+aiosqlite:///{tmp_path / 'coursedb.sqlite3'}"
     await (await prepare_coursedb(url)).dispose()
     return url
+
+
+async def settled(svc: Running, external_id: str) -> dict[str, Any]:
+    """The order's row (staff list) once its mails were prepared (or given up)."""
+    found: dict[str, Any] = {}
+
+    async def done() -> bool:
+        listed = (await svc.client.get("/orders", headers=STAFF)).json()
+        [row] = [x for x in listed if x["external_order_id"] == external_id]
+        found.update(row)
+        return row["notify_at"] is None
+
+    await eventually(done)
+    return found
 
 
 async def test_confirmation_and_protocol_with_pdfs(
@@ -166,9 +182,10 @@ async def test_failed_notification_is_visible_and_can_be_sent_again(
         body = order("W-MAIL-2", ["262-40401"], people=[{"key": "me", "participant_id": me}])
         r = await svc.client.post("/orders", json=body, headers=STAFF)
         assert r.json()["status"] == "accepted"
-        listed = (await svc.client.get("/orders?status=accepted", headers=STAFF)).json()
-        [row] = [x for x in listed if x["external_order_id"] == "W-MAIL-2"]
+        # The mails are prepared after the answer; the failure shows on the order then.
+        row = await settled(svc, "W-MAIL-2")
         assert row["last_error"].startswith("notification not sent:")
+        assert "erika at example" in row["last_error"]
         metrics = (await svc.client.get("/metrics")).text
         assert "booking_notifications_failed_total 1.0" in metrics
 

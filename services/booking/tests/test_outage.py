@@ -16,13 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from booking_service.app import MIGRATIONS
+from booking_service.booker import Booker
 from booking_service.models import orders
+from booking_service.service import OrderService
+from booking_service.settings import Settings
 from coursedb import schema as cdb
+from coursedb.banking import BankCipher
 from mesh_common.app import process_broker
 from mesh_common.bus import BusSettings, MessageContext, create_bus
+from mesh_common.db import Database
+from mesh_common.db.migrations import upgrade
+from mesh_common.secrets import SecretBox, generate_key
 from mesh_common.testing.smtp import SmtpCapture
-from mesh_contracts.booking import OrderConfirmed, OrderRejected
+from mesh_contracts.booking import Order, OrderConfirmed, OrderRejected
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 
 from .conftest import (
     SERVICE,
@@ -296,6 +305,50 @@ async def test_booking_database_down_is_503_and_nothing_booked(
     finally:
         await link.down()
         await engine.dispose()
+
+
+async def test_a_dead_pooled_connection_costs_no_order(
+    tmp_path: Path, pg_database: Callable[[], str]
+) -> None:
+    """Booking's own pool is not pinged before use (three round trips per checkout on asyncpg):
+    after its database restarted, the order that meets a dead pooled connection is repeated
+    on a fresh one instead of failing."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'coursedb.sqlite3'}"
+    coursedb = await prepare_coursedb(url)
+    course = await add_course(coursedb, "262-90005", seats=5)
+    link = Link("127.0.0.1", 5432)
+    await link.up()
+    settings = Settings(database_url=link.url(pg_database()), db_schema="booking", coursedb_url=url)
+    assert settings.db_pool_pre_ping is False
+    db = Database(settings.database_url or "", schema="booking", pre_ping=False)
+    box = SecretBox([generate_key()])
+    booker = Booker(coursedb, BankCipher(box))
+    service = OrderService(db, booker, box, settings, outbox=None)
+    try:
+        await upgrade(db, MIGRATIONS)
+        placed = await service.place(Order.model_validate(_body(21, "262-90005")), source="rpc")
+        assert placed.result.status == "accepted"
+        await link.down()  # the server restarts: every pooled connection is cut
+        await link.up()
+        placed = await service.place(Order.model_validate(_body(22, "262-90005")), source="rpc")
+        assert placed.result.status == "accepted"
+        again = await service.place(Order.model_validate(_body(22, "262-90005")), source="rpc")
+        assert again.replayed and again.result == placed.result
+        assert len(await registrations_of(coursedb, course)) == 2
+
+        # Without the repetition the cut would have reached the caller:
+        async with db.engine.connect() as conn:
+            await conn.execute(select(1))
+        await link.down()
+        await link.up()
+        with pytest.raises(DBAPIError) as exc:
+            async with db.engine.connect() as conn:
+                await conn.execute(select(1))
+        assert exc.value.connection_invalidated
+    finally:
+        await db.dispose()
+        await link.down()
+        await coursedb.dispose()
 
 
 async def test_what_counts_as_unreachable(pg_database: Callable[[], str]) -> None:

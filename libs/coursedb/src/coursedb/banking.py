@@ -114,6 +114,40 @@ async def find_account(
     return row._mapping if row is not None else None
 
 
+def account_row(
+    cipher: BankCipher,
+    *,
+    participant_id: Any,
+    account_holder: str,
+    iban: str | CheckedIBAN,
+    bic: str | None = None,
+    mandate_reference: Any = None,
+    mandate_signed_on: dt.date | None = None,
+    is_default: bool = False,
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The columns of a new ``bank_accounts`` row: the IBAN validated (:class:`InvalidIBAN`),
+    encrypted, fingerprinted and masked. For callers that insert the row themselves, e.g. in
+    one statement with the participant it belongs to: ``participant_id`` and
+    ``mandate_reference`` may be SQL expressions. The caller keeps the rules of
+    :func:`add_account` (no duplicate IBAN per participant, one default account)."""
+    checked = iban if isinstance(iban, CheckedIBAN) else check_iban(iban)
+    stamp = now or dt.datetime.now(dt.UTC)
+    return {
+        "participant_id": participant_id,
+        "account_holder": account_holder[:70],
+        **cipher.seal(checked.compact),
+        "bic": (bic or checked.bic),
+        "bank_name": checked.bank_name,
+        "mandate_reference": mandate_reference,
+        "mandate_signed_on": mandate_signed_on,
+        "is_default": is_default,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "row_version": 1,
+    }
+
+
 async def add_account(
     conn: AsyncConnection,
     cipher: BankCipher,
@@ -126,15 +160,32 @@ async def add_account(
     mandate_signed_on: dt.date | None = None,
     make_default: bool = False,
     now: dt.datetime | None = None,
+    new_owner: bool = False,
 ) -> int:
     """Store a new account (IBAN validated and encrypted) or return the existing one's id.
 
     The first account of a participant becomes the default; ``make_default`` moves the default.
-    Runs in the caller's transaction.
+    Runs in the caller's transaction. ``new_owner``: the participant was created in this
+    transaction and has no account yet, so nothing is looked up and the account is stored as
+    the default with one INSERT (a hot path, e.g. a web booking by a new person).
     """
     checked = check_iban(iban)
-    existing = await find_account(conn, cipher, participant_id, checked.compact)
     stamp = now or dt.datetime.now(dt.UTC)
+    values = account_row(
+        cipher,
+        participant_id=participant_id,
+        account_holder=account_holder,
+        iban=checked,
+        bic=bic,
+        mandate_reference=mandate_reference,
+        mandate_signed_on=mandate_signed_on,
+        is_default=new_owner,
+        now=stamp,
+    )
+    if new_owner:
+        result = await conn.execute(insert(bank_accounts).values(**values))
+        return int(result.inserted_primary_key[0])  # type: ignore[index]
+    existing = await find_account(conn, cipher, participant_id, checked.compact)
     if existing is not None:
         account_id = int(existing["id"])
     else:
@@ -143,19 +194,6 @@ async def add_account(
             .select_from(bank_accounts)
             .where(bank_accounts.c.participant_id == participant_id)
         )
-        values: dict[str, Any] = {
-            "participant_id": participant_id,
-            "account_holder": account_holder[:70],
-            **cipher.seal(checked.compact),
-            "bic": (bic or checked.bic),
-            "bank_name": checked.bank_name,
-            "mandate_reference": mandate_reference,
-            "mandate_signed_on": mandate_signed_on,
-            "is_default": False,
-            "created_at": stamp,
-            "updated_at": stamp,
-            "row_version": 1,
-        }
         result = await conn.execute(insert(bank_accounts).values(**values))
         account_id = int(result.inserted_primary_key[0])  # type: ignore[index]
         make_default = make_default or not count

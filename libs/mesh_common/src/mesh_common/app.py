@@ -118,7 +118,9 @@ def create_service_app(
     each other).
     """
     assert settings.database_url is not None
-    db = Database(settings.database_url, schema=settings.db_schema)
+    db = Database(
+        settings.database_url, schema=settings.db_schema, pre_ping=settings.db_pool_pre_ping
+    )
     metrics = Metrics(settings.service_name)
     health = HealthChecks()
     health.add("database", db.ping)

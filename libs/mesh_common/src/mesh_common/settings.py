@@ -31,6 +31,9 @@ class ServiceSettings(BaseSettings):
     # Persistence: one schema per service on PostgreSQL; one SQLite file per service otherwise.
     database_url: str | None = None
     db_schema: str | None = Field(default=None, description="PostgreSQL schema; default: service")
+    # Ping pooled connections before use (see mesh_common.db.Database); a service whose hot
+    # path retries a dead connection itself turns it off to save the round trips.
+    db_pool_pre_ping: bool = True
     var_dir: Path = Path("var")
 
     # Bus: None selects the in-memory broker (embedded default and unit tests).

@@ -15,6 +15,7 @@ from mesh_common.mail import (
     TemplateSource,
     TemplateStore,
 )
+from mesh_common.mail.rendering import Renderer
 
 from .conftest import Env
 
@@ -109,6 +110,30 @@ async def test_render_escapes_html_and_applies_parts_and_layout(store: TemplateS
     )
     mail = r.mail(to="erika@example.org", category="booking-confirmation", ref="B-1")
     assert mail.subject == r.subject and mail.html == r.html
+
+
+async def test_render_many_reads_the_active_versions_once(store: TemplateStore) -> None:
+    data = {**BOOKING_SAMPLE, **DEFAULTS["portal-access"].sample}
+    reads = 0
+    active = store._active
+
+    async def counted(session: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await active(session)
+
+    store._active = counted  # type: ignore[method-assign]
+    both = await store.render_many(["booking-confirmation", "portal-access"], data)
+    assert reads == 1
+    assert [r.subject for r in both] == [
+        "Ihre Anmeldung: Spanisch A1 (261-100)",
+        "Portalzugang für kunde42",
+    ]
+    assert both[0] == await store.render("booking-confirmation", data)
+    with pytest.raises(NotFound):
+        await store.render_many(["portal-access", "no-such-template"], data)
+    with pytest.raises(TemplateInvalid):
+        await store.render_many(["booking-confirmation"], {"participant": {}})
 
 
 async def test_render_with_missing_data_is_refused(store: TemplateStore) -> None:
@@ -340,3 +365,41 @@ async def test_invalid_defaults_stop_the_start(env: Env) -> None:
     with pytest.raises(ValueError, match="missing"):
         await bad.ensure_defaults()
     assert await bad.list_templates() == []
+
+
+def test_compiled_templates_are_reused_and_parts_stay_current() -> None:
+    """Compiling is the expensive step: the same source compiles once, a new source or a changed
+    part takes effect at once, and the limits still hold for a cached template."""
+    renderer = Renderer(RenderLimits(max_operations=50))
+    compiled: list[str] = []
+    for env in (renderer.text_env, renderer.html_env):
+        original = env.compile
+
+        def counting(
+            source: Any, name: Any = None, *a: Any, _orig: Any = original, **k: Any
+        ) -> Any:
+            compiled.append(str(name))
+            return _orig(source, name, *a, **k)
+
+        env.compile = counting  # type: ignore[method-assign]
+    parts = {"sig": ("-- {{ who }}", "<p>{{ who }}</p>")}
+    body = "Hallo {{ name }}\n{% include 'sig' %}"
+    for name in ("Erika", "Max"):
+        out, problem = renderer.render_field(
+            "text", "m", "text", body, {"name": name, "who": "VHS"}, parts
+        )
+        assert problem is None and out == f"Hallo {name}\n-- VHS"
+    assert sorted(compiled) == ["m:text", "sig"]  # once each, for two renders
+
+    changed = {"sig": ("-- {{ who }} Musterstadt", None)}
+    out, _ = renderer.render_field("text", "m", "text", body, {"name": "E", "who": "VHS"}, changed)
+    assert out == "Hallo E\n-- VHS Musterstadt"
+    out, _ = renderer.render_field("text", "m", "text", "Tag {{ name }}", {"name": "E"}, parts)
+    assert out == "Tag E"
+    _, missing = renderer.render_field("html", "m", "html", "{% include 'gone' %}", {}, parts)
+    assert missing is not None and missing.kind == "missing-part"
+
+    loop = "{% for i in range(40) %}{% for j in range(40) %}{% endfor %}{% endfor %}"
+    for _ in range(2):
+        _, problem = renderer.render_field("text", "m", "text", loop, {}, parts)
+        assert problem is not None and problem.kind == "limit"

@@ -7,7 +7,8 @@
 - ``GET /orders`` (staff): orders by status, e.g. ``?status=pending`` or ``failed``.
 - ``GET /backlog`` (staff): how many orders wait / failed, and the oldest waiting one.
 - ``POST /orders/{id}/retry`` (staff): put a failed order back into the backlog.
-- ``POST /orders/{id}/notify`` (staff): queue an accepted order's mails again.
+- ``POST /orders/{id}/notify`` (staff): queue an accepted order's mails again (409 while its
+  mails are still being prepared).
 - ``/mail/outbox`` (staff) and ``/mail/templates`` (staff reads and previews with the PDFs,
   admin edits): from ``mesh_common.mail``.
 - ``POST /registrations/{id}/confirm`` / ``decline`` (staff): decide a provisional reservation.
@@ -45,6 +46,8 @@ class OrderSummary(BaseModel):
     next_attempt_at: float | None
     last_error: str | None
     coursedb_order_id: int | None
+    # Set while the order's mails wait to be prepared and queued (sent after the answer).
+    notify_at: float | None = None
 
 
 class BacklogOut(BaseModel):

@@ -25,6 +25,7 @@ from booking_service.api import router
 from booking_service.booker import Booker
 from booking_service.context import EXTRAS_KEY, Booking, booking_of
 from booking_service.documents import Creditor, OrderDocuments
+from booking_service.mailing import NotificationWorker
 from booking_service.notifications import Notifier, default_templates
 from booking_service.service import BacklogWorker, OrderService
 from booking_service.settings import Settings
@@ -107,6 +108,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=runtime.metrics.registry,
         )
         worker.observe = pending.set
+        mailer = NotificationWorker(service)
+        mails_due = Gauge(
+            "booking_notifications_due",
+            "Accepted orders whose mails wait to be prepared and queued",
+            registry=runtime.metrics.registry,
+        )
+        mailer.observe = mails_due.set
         runtime.extras[EXTRAS_KEY] = Booking(
             runtime=runtime,
             settings=settings,
@@ -115,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             booker=booker,
             orders=service,
             worker=worker,
+            mailer=mailer,
             verifier=TokenVerifier(settings.auth_settings()),
             creditor=creditor,
             extras={},
@@ -122,15 +131,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         booking_of(runtime).extras["worker_task"] = runtime.spawn(
             worker.run(), name="booking-backlog"
         )
+        booking_of(runtime).extras["mailer_task"] = runtime.spawn(
+            mailer.run(), name="booking-mails"
+        )
 
     async def stop(runtime: ServiceRuntime) -> None:
         if EXTRAS_KEY not in runtime.extras:
             return
         booking = booking_of(runtime)
-        task = booking.extras.get("worker_task")
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        tasks = [booking.extras.get(name) for name in ("worker_task", "mailer_task")]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
         await booking.coursedb.dispose()
 
     return create_service_app(

@@ -18,7 +18,8 @@
 4. **All or nothing**: if any line is rejected, nothing is written (the transaction only read)
    and the other lines carry ``order_rejected``. Otherwise new participants, a new bank account
    (validated and encrypted by ``coursedb.banking``), the order and its registrations are written
-   and committed together.
+   and committed together — on PostgreSQL with one statement (data-modifying CTEs) for an
+   order's first line, so the course rows stay locked for as few round trips as possible.
 
 This module must not know about the bus, HTTP or booking's own database; errors reaching the
 caller are :class:`OrderConflict` and the driver's exceptions (the caller decides whether they
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -38,7 +40,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from coursedb import schema as cdb
-from coursedb.banking import BankCipher, InvalidIBAN, add_account, check_iban
+from coursedb.banking import (
+    BankCipher,
+    InvalidIBAN,
+    account_row,
+    add_account,
+    check_iban,
+    mask,
+)
 from mesh_common.errors import Conflict
 from mesh_contracts.booking import (
     LineResult,
@@ -52,9 +61,10 @@ from mesh_contracts.booking import (
     SepaPayment,
 )
 from mesh_contracts.common import Money
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Integer, String, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CENT = Decimal("0.01")
@@ -173,6 +183,15 @@ class _Line:
             fee=money(self.fee),
             waiting_list_position=self.position,
         )
+
+
+@dataclass
+class _Account:
+    """The SEPA account of an order (all None for an invoice)."""
+
+    id: int | None = None
+    masked: str | None = None
+    reference: str | None = None
 
 
 @dataclass
@@ -448,90 +467,25 @@ class Booker:
         received_at: dt.datetime,
         now: dt.datetime,
     ) -> OrderResult:
-        ids: dict[str, int] = {}
-        for key, pid in plan.participant_ids.items():
-            if pid is None:
-                res = await conn.execute(_INSERT_PARTICIPANT, plan.new_people[key])
-                pid = int(res.inserted_primary_key[0])  # type: ignore[index]
-            ids[key] = pid
-        for line in plan.lines:
-            line.participant_id = ids[line.key]
-        payer_id = ids[plan.payer]
+        """Write the new participants, a new bank account, the order and its registrations.
 
-        account_id: int | None = None
-        masked: str | None = None
-        reference: str | None = None
-        payment = order.payment
-        if isinstance(payment, SepaPayment):
-            if plan.bank_account is not None:
-                account_id = int(plan.bank_account.id)
-                masked, reference = (
-                    plan.bank_account.iban_masked,
-                    plan.bank_account.mandate_reference,
-                )
-            else:
-                assert payment.new_account is not None and plan.new_iban is not None
-                account_id = await add_account(
-                    conn,
-                    self.cipher,
-                    participant_id=payer_id,
-                    account_holder=payment.new_account.account_holder,
-                    iban=plan.new_iban,
-                    bic=payment.new_account.bic,
-                    # Used for a new account; a known account keeps its own reference.
-                    mandate_reference=self._mandate_reference(payer_id),
-                    now=now,
-                )
-                row = (
-                    await conn.execute(
-                        select(
-                            cdb.bank_accounts.c.iban_masked, cdb.bank_accounts.c.mandate_reference
-                        ).where(cdb.bank_accounts.c.id == account_id)
-                    )
-                ).one()
-                masked, reference = row.iban_masked, row.mandate_reference
-            if reference is None:
-                reference = self._mandate_reference(payer_id)
-                await conn.execute(
-                    update(cdb.bank_accounts)
-                    .where(cdb.bank_accounts.c.id == account_id)
-                    .values(mandate_reference=reference)
-                )
-
+        On PostgreSQL one statement writes them all (data-modifying CTEs): one round trip while
+        the course rows are locked instead of one per row. Elsewhere one statement per row."""
         total = sum(
             (line.fee for line in plan.lines if line.fee is not None and _holds(line)),
             Decimal("0.00"),
         )
-        res = await conn.execute(
-            _INSERT_ORDER,
-            {
-                "external_order_id": order.external_order_id,
-                "participant_id": payer_id,
-                "received_at": received_at,
-                "processed_at": now,
-                "status": cdb.OrderStatus.PROCESSED.value,
-                "payment_method": payment.method,
-                "bank_account_id": account_id,
-                "total_amount": total,
-                "payload_hash": payload_hash,
-            },
-        )
-        order_id = int(res.inserted_primary_key[0])  # type: ignore[index]
-        for line in plan.lines:
-            assert line.outcome is not None and line.course is not None
-            res = await conn.execute(
-                _INSERT_REGISTRATION,
-                {
-                    "course_id": line.course.id,
-                    "participant_id": line.participant_id,
-                    "order_id": order_id,
-                    "status": line.outcome.value,
-                    "registered_at": now,
-                    "fee_charged": line.fee,
-                    "discount_id": line.discount_id,
-                },
-            )
-            line.registration_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+        order_row = {
+            "external_order_id": order.external_order_id,
+            "received_at": received_at,
+            "processed_at": now,
+            "status": cdb.OrderStatus.PROCESSED.value,
+            "payment_method": order.payment.method,
+            "total_amount": total,
+            "payload_hash": payload_hash,
+        }
+        write = self._write_at_once if conn.dialect.name == "postgresql" else self._write_rows
+        ids, order_id, account = await write(conn, order, plan, order_row, now)
         return OrderResult(
             external_order_id=order.external_order_id,
             status=OrderStatus.ACCEPTED,
@@ -539,13 +493,173 @@ class Booker:
             order_id=order_id,
             participant_ids=ids,
             total=money(total),
-            payment_method=payment.method,
-            bank_account_id=account_id,
-            iban_masked=masked,
-            mandate_reference=reference,
+            payment_method=order.payment.method,
+            bank_account_id=account.id,
+            iban_masked=account.masked,
+            mandate_reference=account.reference,
             received_at=received_at,
             processed_at=now,
         )
+
+    async def _settle_account(
+        self, conn: AsyncConnection, order: Order, plan: _Plan, now: dt.datetime
+    ) -> _Account | None:
+        """The order's SEPA account when it is settled before the order is written: a stored
+        account (given a mandate reference if it has none) or a stored payer's new account
+        (``add_account``: a known IBAN is found, the default kept). None: the new account of a
+        payer created with this order, written together with the payer."""
+        payment = order.payment
+        if not isinstance(payment, SepaPayment):
+            return _Account()
+        payer_id = plan.participant_ids[plan.payer]
+        if plan.bank_account is not None:
+            stored = plan.bank_account
+            account = _Account(int(stored.id), stored.iban_masked, stored.mandate_reference)
+        elif payer_id is None:
+            return None
+        else:
+            assert payment.new_account is not None and plan.new_iban is not None
+            account_id = await add_account(
+                conn,
+                self.cipher,
+                participant_id=payer_id,
+                account_holder=payment.new_account.account_holder,
+                iban=plan.new_iban,
+                bic=payment.new_account.bic,
+                # Used for a new account; a known account keeps its own reference.
+                mandate_reference=self._mandate_reference(payer_id),
+                now=now,
+            )
+            a = cdb.bank_accounts
+            row = (
+                await conn.execute(
+                    select(a.c.iban_masked, a.c.mandate_reference).where(a.c.id == account_id)
+                )
+            ).one()
+            account = _Account(account_id, row.iban_masked, row.mandate_reference)
+        if account.reference is None:
+            assert payer_id is not None  # a stored account belongs to a stored payer
+            account.reference = self._mandate_reference(payer_id)
+            await conn.execute(
+                update(cdb.bank_accounts)
+                .where(cdb.bank_accounts.c.id == account.id)
+                .values(mandate_reference=account.reference)
+            )
+        return account
+
+    async def _write_rows(
+        self,
+        conn: AsyncConnection,
+        order: Order,
+        plan: _Plan,
+        order_row: dict[str, Any],
+        now: dt.datetime,
+    ) -> tuple[dict[str, int], int, _Account]:
+        """One statement per row (SQLite, MariaDB)."""
+        account = await self._settle_account(conn, order, plan, now)
+        ids: dict[str, int] = {}
+        for key, pid in plan.participant_ids.items():
+            if pid is None:
+                res = await conn.execute(_INSERT_PARTICIPANT, plan.new_people[key])
+                pid = int(res.inserted_primary_key[0])  # type: ignore[index]
+            ids[key] = pid
+        payer_id = ids[plan.payer]
+        if account is None:
+            # The payer was created just now: no account to find, one INSERT (the default).
+            new_account = order.payment.new_account  # type: ignore[union-attr]
+            assert new_account is not None and plan.new_iban is not None
+            account = _Account(
+                masked=mask(plan.new_iban), reference=self._mandate_reference(payer_id)
+            )
+            account.id = await add_account(
+                conn,
+                self.cipher,
+                participant_id=payer_id,
+                account_holder=new_account.account_holder,
+                iban=plan.new_iban,
+                bic=new_account.bic,
+                mandate_reference=account.reference,
+                now=now,
+                new_owner=True,
+            )
+        res = await conn.execute(
+            _INSERT_ORDER,
+            {**order_row, "participant_id": payer_id, "bank_account_id": account.id},
+        )
+        order_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+        for line in plan.lines:
+            line.participant_id = ids[line.key]
+            await _insert_registration(conn, line, order_id, now)
+        return ids, order_id, account
+
+    async def _write_at_once(
+        self,
+        conn: AsyncConnection,
+        order: Order,
+        plan: _Plan,
+        order_row: dict[str, Any],
+        now: dt.datetime,
+    ) -> tuple[dict[str, int], int, _Account]:
+        """PostgreSQL: the new participants, a new payer's account, the order and its first
+        registration in one statement (:func:`_write_statement`); further lines follow with one
+        INSERT each, so registration ids stay in line order (``rebuild`` relies on it)."""
+        account = await self._settle_account(conn, order, plan, now)
+        new_keys = list(plan.new_people)
+
+        def index(key: str) -> int | None:
+            return new_keys.index(key) if key in plan.new_people else None
+
+        line, *more = plan.lines
+        assert line.outcome is not None and line.course is not None
+        statement = _write_statement(
+            len(new_keys), index(plan.payer), index(line.key), new_account=account is None
+        )
+        params: dict[str, Any] = {
+            "payer_id": plan.participant_ids[plan.payer],
+            "first_participant_id": plan.participant_ids[line.key],
+            "bank_account_id": account.id if account is not None else None,
+        }
+        for i, key in enumerate(new_keys):
+            params.update(_bind(f"p{i}", cdb.participants, plan.new_people[key]))
+        params.update(_bind("o", cdb.orders, order_row))
+        registration = {
+            "course_id": line.course.id,
+            "status": line.outcome.value,
+            "registered_at": now,
+            "fee_charged": line.fee,
+            "discount_id": line.discount_id,
+        }
+        params.update(_bind("r", cdb.registrations, registration))
+        if account is None:
+            new_account = order.payment.new_account  # type: ignore[union-attr]
+            assert new_account is not None and plan.new_iban is not None
+            row = account_row(
+                self.cipher,
+                participant_id=None,  # the payer inserted by the statement
+                account_holder=new_account.account_holder,
+                iban=plan.new_iban,
+                bic=new_account.bic,
+                is_default=True,  # the first account of a new participant
+                now=now,
+            )
+            del row["participant_id"], row["mandate_reference"]
+            params.update(_bind("a", cdb.bank_accounts, row))
+            # As _mandate_reference, with the payer's id known only inside the statement.
+            params["reference_prefix"] = f"{self.mandate_prefix}-"
+            params["reference_suffix"] = f"-{secrets.token_hex(4).upper()}"
+        first = (await conn.execute(statement, params)).one()._mapping
+        ids = {key: pid for key, pid in plan.participant_ids.items() if pid is not None}
+        for i, key in enumerate(new_keys):
+            ids[key] = int(first[f"participant_{i}"])
+        if account is None:
+            assert plan.new_iban is not None
+            account = _Account(int(first["account_id"]), mask(plan.new_iban), first["reference"])
+        order_id = int(first["order_id"])
+        line.participant_id, line.registration_id = ids[line.key], int(first["id"])
+        for line in more:
+            line.participant_id = ids[line.key]
+            await _insert_registration(conn, line, order_id, now)
+        return ids, order_id, account
 
 
 # ---------------------------------------------------------------------- rebuilding a result
@@ -610,6 +724,173 @@ async def rebuild(conn: AsyncConnection, row: Any, order: Order) -> OrderResult:
 
 
 # ---------------------------------------------------------------------- queries and rules
+
+
+async def _insert_registration(
+    conn: AsyncConnection, line: _Line, order_id: int, now: dt.datetime
+) -> None:
+    assert line.outcome is not None and line.course is not None
+    res = await conn.execute(
+        _INSERT_REGISTRATION,
+        {
+            "course_id": line.course.id,
+            "participant_id": line.participant_id,
+            "order_id": order_id,
+            "status": line.outcome.value,
+            "registered_at": now,
+            "fee_charged": line.fee,
+            "discount_id": line.discount_id,
+        },
+    )
+    line.registration_id = int(res.inserted_primary_key[0])  # type: ignore[index]
+
+
+# The columns each CTE of _write_statement binds (besides the ids it links): what the booker
+# writes plus every column with a Python-side default (SQLAlchemy cannot fill those in for an
+# INSERT inside a CTE). _bind refuses rows that do not match, so a new column fails loudly.
+_WRITTEN: dict[str, tuple[str, ...]] = {
+    "participants": (
+        "salutation",
+        "academic_title",
+        "first_name",
+        "last_name",
+        "birth_date",
+        "street",
+        "postcode",
+        "city",
+        "country",
+        "email",
+        "phone",
+        "created_at",
+        "updated_at",
+        "row_version",
+    ),
+    "orders": (
+        "external_order_id",
+        "received_at",
+        "processed_at",
+        "status",
+        "payment_method",
+        "total_amount",
+        "payload_hash",
+        "created_at",
+        "updated_at",
+        "row_version",
+    ),
+    "registrations": (
+        "course_id",
+        "status",
+        "registered_at",
+        "fee_charged",
+        "discount_id",
+        "created_at",
+        "updated_at",
+        "row_version",
+    ),
+    "bank_accounts": (
+        "account_holder",
+        "iban_ciphertext",
+        "iban_fingerprint",
+        "iban_masked",
+        "bic",
+        "bank_name",
+        "mandate_signed_on",
+        "is_default",
+        "created_at",
+        "updated_at",
+        "row_version",
+    ),
+}
+
+
+def _bind(prefix: str, table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of ``row`` (defaults completed) for the ``prefix`` CTE."""
+    full = _complete(table, row)
+    if set(full) != set(_WRITTEN[table.name]):
+        raise AssertionError(f"{table.name}: written columns changed: {sorted(full)}")
+    return {f"{prefix}_{name}": value for name, value in full.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _write_statement(
+    new_people: int, payer: int | None, first: int | None, *, new_account: bool
+) -> Any:
+    """``WITH new_participant_0 AS (INSERT … RETURNING id), …, new_account AS (…), new_order AS
+    (INSERT … RETURNING id) INSERT INTO registrations … RETURNING …``, built once per order
+    shape (SQLAlchemy then reuses the compiled form; per order only the parameters change).
+
+    ``payer`` / ``first``: the index of the payer / of the first line's participant among the
+    new people, None for a stored participant (bound as ``payer_id`` /
+    ``first_participant_id``). Rows of other CTEs are referenced by scalar subqueries; the
+    foreign keys are checked at the end of the statement, when all rows exist."""
+    p, a, o, r = cdb.participants, cdb.bank_accounts, cdb.orders, cdb.registrations
+
+    def values(prefix: str, table: Table) -> dict[str, Any]:
+        return {
+            name: bindparam(f"{prefix}_{name}", type_=table.c[name].type)
+            for name in _WRITTEN[table.name]
+        }
+
+    new = [
+        insert(p).values(values(f"p{i}", p)).returning(p.c.id).cte(f"new_participant_{i}")
+        for i in range(new_people)
+    ]
+
+    def participant(i: int | None, name: str) -> Any:
+        if i is None:
+            return bindparam(name, type_=Integer)
+        return select(new[i].c.id).scalar_subquery()
+
+    payer_id = participant(payer, "payer_id")
+    returning: list[Any] = [r.c.id, r.c.order_id]
+    returning += [
+        select(cte.c.id).scalar_subquery().label(f"participant_{i}") for i, cte in enumerate(new)
+    ]
+    account_id: Any = bindparam("bank_account_id", type_=Integer)
+    if new_account:
+        reference = func.concat(
+            bindparam("reference_prefix", type_=String),
+            payer_id,
+            bindparam("reference_suffix", type_=String),
+        )
+        account = (
+            insert(a)
+            .values({**values("a", a), "participant_id": payer_id, "mandate_reference": reference})
+            .returning(a.c.id, a.c.mandate_reference)
+            .cte("new_account")
+        )
+        account_id = select(account.c.id).scalar_subquery()
+        returning += [
+            account_id.label("account_id"),
+            select(account.c.mandate_reference).scalar_subquery().label("reference"),
+        ]
+    new_order = (
+        insert(o)
+        .values({**values("o", o), "participant_id": payer_id, "bank_account_id": account_id})
+        .returning(o.c.id)
+        .cte("new_order")
+    )
+    registration = {
+        **values("r", r),
+        "participant_id": participant(first, "first_participant_id"),
+        "order_id": select(new_order.c.id).scalar_subquery(),
+    }
+    return insert(r).values(registration).returning(*returning)
+
+
+def _complete(table: Table, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with the Python-side defaults of the columns it leaves out filled in, as
+    SQLAlchemy does for a plain INSERT (it cannot for an INSERT inside a CTE)."""
+    full = dict(row)
+    for column in table.c:
+        default = column.default
+        if column.name in full or default is None:
+            continue
+        if isinstance(default, ScalarElementColumnDefault):
+            full[column.name] = default.arg
+        elif isinstance(default, CallableColumnDefault):
+            full[column.name] = default.arg(None)  # type: ignore[arg-type]  # no context needed
+    return full
 
 
 def _holds(line: _Line) -> bool:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from booking_service.booker import Booker
 from booking_service.documents import Creditor, OrderDocuments, load_documents
+from booking_service.mailing import NotificationWorker
 from booking_service.service import BacklogWorker, OrderService
 from booking_service.settings import Settings
 
@@ -29,6 +30,7 @@ class Booking:
     booker: Booker
     orders: OrderService
     worker: BacklogWorker
+    mailer: NotificationWorker
     verifier: TokenVerifier
     creditor: Creditor
     extras: dict[str, Any]

@@ -17,6 +17,7 @@ send anything or write to a database.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -41,7 +42,7 @@ from reportlab.platypus import (
     Table,
     TableStyle,
 )
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -152,7 +153,9 @@ def iban_groups(iban: str) -> str:
 # ---------------------------------------------------------------------- rendering
 
 
+@functools.cache
 def _styles() -> dict[str, ParagraphStyle]:
+    # Built once: styles are only read while a document is laid out (thread-safe to share).
     base = getSampleStyleSheet()
     return {
         "title": ParagraphStyle("t", parent=base["Title"], fontSize=16, alignment=TA_LEFT),
@@ -322,70 +325,68 @@ class Creditor:
     centre: str
 
 
+# The statements of load_documents, built once (per call only the parameters change).
+_r, _c, _p = cdb.registrations, cdb.courses, cdb.participants
+_loc, _room, _s = cdb.locations, cdb.rooms, cdb.course_sessions
+_ORDER = select(cdb.orders).where(cdb.orders.c.id == bindparam("id"))
+_REGISTRATIONS = (
+    select(
+        _r.c.id,
+        _r.c.status,
+        _r.c.fee_charged,
+        _r.c.course_id,
+        _p.c.salutation,
+        _p.c.academic_title,
+        _p.c.first_name,
+        _p.c.last_name,
+        _p.c.birth_date,
+        _p.c.street,
+        _p.c.postcode,
+        _p.c.city,
+        _c.c.number,
+        _c.c.title,
+        _loc.c.name.label("location"),
+        _loc.c.street.label("loc_street"),
+        _loc.c.postcode.label("loc_postcode"),
+        _loc.c.city.label("loc_city"),
+        _room.c.name.label("room"),
+    )
+    .join(_p, _p.c.id == _r.c.participant_id)
+    .join(_c, _c.c.id == _r.c.course_id)
+    .outerjoin(_loc, _loc.c.id == _c.c.location_id)
+    .outerjoin(_room, _room.c.id == _c.c.room_id)
+    .where(_r.c.order_id == bindparam("order_id"))
+    .order_by(_r.c.id)
+)
+_SESSIONS = (
+    select(_s.c.course_id, _s.c.session_date, _s.c.start_time, _s.c.end_time)
+    .where(_s.c.course_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_s.c.course_id, _s.c.session_date, _s.c.start_time)
+)
+_PAYER = select(_p).where(_p.c.id == bindparam("id"))
+_ACCOUNT = select(cdb.bank_accounts).where(cdb.bank_accounts.c.id == bindparam("id"))
+
+
 async def load_documents(
     engine: AsyncEngine, cipher: BankCipher, creditor: Creditor, result: OrderResult
 ) -> OrderDocuments | None:
     """The documents of a booked order from the coursedb (None if it was not booked)."""
     if result.order_id is None:
         return None
-    r, c, p = cdb.registrations, cdb.courses, cdb.participants
-    loc, room, s = cdb.locations, cdb.rooms, cdb.course_sessions
     async with engine.connect() as conn:
-        order = (
-            await conn.execute(select(cdb.orders).where(cdb.orders.c.id == result.order_id))
-        ).first()
+        order = (await conn.execute(_ORDER, {"id": result.order_id})).first()
         if order is None:
             return None
-        regs = (
-            await conn.execute(
-                select(
-                    r.c.id,
-                    r.c.status,
-                    r.c.fee_charged,
-                    r.c.course_id,
-                    p.c.salutation,
-                    p.c.academic_title,
-                    p.c.first_name,
-                    p.c.last_name,
-                    p.c.birth_date,
-                    p.c.street,
-                    p.c.postcode,
-                    p.c.city,
-                    c.c.number,
-                    c.c.title,
-                    loc.c.name.label("location"),
-                    loc.c.street.label("loc_street"),
-                    loc.c.postcode.label("loc_postcode"),
-                    loc.c.city.label("loc_city"),
-                    room.c.name.label("room"),
-                )
-                .join(p, p.c.id == r.c.participant_id)
-                .join(c, c.c.id == r.c.course_id)
-                .outerjoin(loc, loc.c.id == c.c.location_id)
-                .outerjoin(room, room.c.id == c.c.room_id)
-                .where(r.c.order_id == result.order_id)
-                .order_by(r.c.id)
-            )
-        ).all()
+        regs = (await conn.execute(_REGISTRATIONS, {"order_id": result.order_id})).all()
         course_ids = sorted({row.course_id for row in regs})
         sessions: dict[int, list[Any]] = {}
         if course_ids:
-            for row in (
-                await conn.execute(
-                    select(s.c.course_id, s.c.session_date, s.c.start_time, s.c.end_time)
-                    .where(s.c.course_id.in_(course_ids))
-                    .order_by(s.c.course_id, s.c.session_date, s.c.start_time)
-                )
-            ).all():
+            for row in (await conn.execute(_SESSIONS, {"ids": course_ids})).all():
                 sessions.setdefault(row.course_id, []).append(row)
         mandate: Mandate | None = None
-        payer = (await conn.execute(select(p).where(p.c.id == order.participant_id))).first()
+        payer = (await conn.execute(_PAYER, {"id": order.participant_id})).first()
         if order.bank_account_id is not None:
-            account = (
-                await conn.execute(
-                    select(cdb.bank_accounts).where(cdb.bank_accounts.c.id == order.bank_account_id)
-                )
-            ).one()
+            account = (await conn.execute(_ACCOUNT, {"id": order.bank_account_id})).one()
             mandate = Mandate(
                 creditor_name=creditor.name,
                 creditor_address=creditor.address,

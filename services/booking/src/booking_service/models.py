@@ -9,11 +9,13 @@ database holds what booking needs around them:
   order. ``status`` is ``pending`` (waiting in the backlog because the coursedb was unreachable),
   ``accepted`` / ``rejected`` (final; ``result`` is the JSON answer given) or ``failed`` (a pending
   order that could not be processed; staff can retry it). ``payload`` is the order itself,
-  encrypted (it may carry an IBAN) and kept only while the order is not final. ``payload_hash``
-  is a keyed hash of the canonical order: same id + other hash = conflict.
+  encrypted (it may carry an IBAN) and kept only while the order is not final or its mails are
+  not queued yet. ``payload_hash`` is a keyed hash of the canonical order: same id + other hash =
+  conflict. ``notify_at`` is set, in the statement that records an accepted order, while its
+  mails wait to be prepared (``booking_service.mailing``).
 
-- ``mesh_mail_*``: the mail queue (mails are enqueued in the transaction that records an order's
-  outcome) and the versioned mail templates (``mesh_common.mail``).
+- ``mesh_mail_*``: the mail queue (an order's mails are queued in the transaction that clears its
+  ``notify_at``) and the versioned mail templates (``mesh_common.mail``).
 
 Timestamps are UNIX epoch seconds (double), like the mesh tables, for portability.
 """
@@ -51,5 +53,10 @@ orders = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", Float(precision=53), nullable=True),
     Column("last_error", String(500), nullable=True),
+    # Mails of an accepted order still to prepare (documents, PDFs, templates) and queue: when
+    # they are due (NULL: nothing to send; a claimed order's lease end) and the failed tries.
+    Column("notify_at", Float(precision=53), nullable=True),
+    Column("notify_attempts", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_orders_status_id", "status", "id"),
+    Index("ix_orders_notify_at", "notify_at"),
 )

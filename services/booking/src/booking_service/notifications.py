@@ -2,11 +2,11 @@
 
 Both mails come from editable templates (``mesh_common.mail.TemplateStore``: sandboxed Jinja2,
 versioned, validated with sample data before activation, audited) and carry the order's PDFs
-(registration card; SEPA mandate request when paid by direct debit). They are **prepared** after
-the coursedb booking (documents read back, templates rendered, PDFs built) and **enqueued** in
-the same transaction of booking's database that records the order's outcome, so a recorded
-order has its mails and a replayed order never gets them twice. The mail package's sender
-delivers them with retries.
+(registration card; SEPA mandate request when paid by direct debit). The statement that records
+an accepted order marks its mails due; :mod:`booking_service.mailing` **prepares** them after the
+answer went out (documents read back, templates rendered, PDFs built) and **enqueues** them in
+the transaction that clears the mark, so a recorded order gets its mails once and a replayed
+order never gets them twice. The mail package's sender delivers them with retries.
 
 Templates (defaults below, editable over ``/mail/templates``):
 
@@ -251,10 +251,14 @@ class Notifier:
         self.creditor = creditor
         self.documents = documents
 
+    def wanted(self, result: OrderResult) -> bool:
+        """Does ``result`` get mails? (Decided when it is recorded; prepared later.)"""
+        return self.settings.notifications_enabled and result.status == OrderStatus.ACCEPTED
+
     async def prepare(self, order: Order | None, result: OrderResult) -> list[OutgoingMail]:
         """The mails for ``result`` (empty when notifications are off or nothing was booked).
         Raises when the documents cannot be read or a template does not fit the data."""
-        if not self.settings.notifications_enabled or result.status != OrderStatus.ACCEPTED:
+        if not self.wanted(result):
             return []
         docs = await self.documents(result)
         if docs is None:
@@ -270,9 +274,15 @@ class Notifier:
         context = mail_context(docs, result, order, self.settings.centre_email)
         mails: list[OutgoingMail] = []
         ref = result.external_order_id
+        names = [CONFIRMATION] if wanted_confirmation else []
+        if self.settings.centre_email:
+            names.append(PROTOCOL)
+        rendered_by_name = dict(
+            zip(names, await self.store.render_many(names, context), strict=True)
+        )
         if wanted_confirmation:
             assert docs.payer is not None and docs.payer.email
-            rendered = await self.store.render(CONFIRMATION, context)
+            rendered = rendered_by_name[CONFIRMATION]
             mails.append(
                 rendered.mail(
                     to=f"{docs.payer.name} <{docs.payer.email}>",
@@ -283,7 +293,7 @@ class Notifier:
                 )
             )
         if self.settings.centre_email:
-            rendered = await self.store.render(PROTOCOL, context)
+            rendered = rendered_by_name[PROTOCOL]
             mails.append(
                 rendered.mail(
                     to=self.settings.centre_email,

@@ -11,8 +11,9 @@
    ``coursedb_timeout_seconds``. If the course database cannot be reached (connection refused or
    lost, database gone or not accepting connections, timeout), the order is stored encrypted in
    the backlog and answered ``pending``.
-4. The final answer is recorded in ``orders`` together with the notification mails (one
-   transaction), so a replay returns it and nothing is mailed twice.
+4. The final answer is recorded in ``orders`` with one statement that also marks the
+   order's notification mails due (:mod:`booking_service.mailing` prepares and queues them after
+   the answer went out), so a replay returns it and nothing is mailed twice.
 
 :class:`BacklogWorker` books pending orders one at a time, oldest first, with bounded
 exponential backoff while the course database stays unreachable, and publishes
@@ -30,14 +31,13 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mesh_common.bus.outbox import Outbox
 from mesh_common.db import Database
 from mesh_common.errors import Conflict, DomainError, NotFound, Unavailable
-from mesh_common.mail import OutgoingMail
 from mesh_common.secrets import SecretBox
 from mesh_contracts.booking import (
     Order,
@@ -56,6 +56,8 @@ from booking_service.notifications import Notifier
 from booking_service.settings import Settings
 
 log = logging.getLogger("booking.service")
+
+T = TypeVar("T")
 
 PAYLOAD_CONTEXT = "booking.orders.payload"
 HASH_CONTEXT = "booking.order"
@@ -102,16 +104,28 @@ def is_unreachable(exc: BaseException) -> bool:
     return False
 
 
+async def _once_more_if_dead(op: Callable[[], Awaitable[T]]) -> T:
+    """Run ``op`` (one unit of work on booking's database) and, when the pooled connection it
+    got turns out dead (server restarted; the pool is not pinged), once more on a fresh one."""
+    try:
+        return await op()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return await op()
+
+
 def canonical(order: Order) -> str:
     return json.dumps(
         order.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
 
 
-def payload_hash(box: SecretBox, order: Order) -> str:
-    """A keyed hash (HMAC-SHA256) of the canonical order: compares payloads without making an
-    IBAN inside them guessable from the hash."""
-    return box.blind_index(canonical(order), context=HASH_CONTEXT)
+def payload_hash(box: SecretBox, order: Order | str) -> str:
+    """A keyed hash (HMAC-SHA256) of the canonical order (or its :func:`canonical` text):
+    compares payloads without making an IBAN inside them guessable from the hash."""
+    text = order if isinstance(order, str) else canonical(order)
+    return box.blind_index(text, context=HASH_CONTEXT)
 
 
 def _epoch(value: dt.datetime) -> float:
@@ -156,6 +170,7 @@ class OrderService:
         self.outbox = outbox
         self.notifier = notifier
         self.wake = asyncio.Event()  # set when an order joins the backlog
+        self.mails_due = asyncio.Event()  # set when an order's mails are due
         self.observe: Callable[[str], None] = lambda status: None  # metrics hook
         self.notification_failed: Callable[[], None] = lambda: None  # metrics hook
 
@@ -182,13 +197,14 @@ class OrderService:
         return placed
 
     async def _place(self, order: Order, source: str, owner_participant_id: int | None) -> Placed:
-        digest = payload_hash(self.box, order)
+        text = canonical(order)
+        digest = payload_hash(self.box, text)
         known, backlog = await self._lookup(order.external_order_id)
         if known is not None:
             return Placed(self._answer(known, digest), replayed=True)
         received = time.time()
         if backlog:
-            return await self._enqueue(order, digest, received, source, owner_participant_id)
+            return await self._enqueue(order, text, digest, received, source, owner_participant_id)
         try:
             async with asyncio.timeout(self.settings.coursedb_timeout_seconds):
                 result = await self.booker.book(
@@ -204,15 +220,21 @@ class OrderService:
                 order.external_order_id,
                 type(exc).__name__,
             )
-            return await self._enqueue(order, digest, received, source, owner_participant_id)
-        return await self._record(order, digest, result, received, source, owner_participant_id)
+            return await self._enqueue(order, text, digest, received, source, owner_participant_id)
+        return await self._record(
+            order, text, digest, result, received, source, owner_participant_id
+        )
 
     async def _lookup(self, external_id: str) -> tuple[Any, bool]:
         """The stored row for this id (if any) and whether any order waits in the backlog."""
-        # A single read: no transaction needed (saves BEGIN/ROLLBACK round trips per order).
-        async with self.db.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = (await conn.execute(_LOOKUP, {"external_id": external_id})).all()
+
+        async def read() -> list[Any]:
+            # A single read: no transaction needed (saves BEGIN/ROLLBACK round trips per order).
+            async with self.db.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return list((await conn.execute(_LOOKUP, {"external_id": external_id})).all())
+
+        rows = await _once_more_if_dead(read)
         known = next((r for r in rows if r.external_order_id == external_id), None)
         backlog = any(r.status == OrderStatus.PENDING for r in rows)
         return known, backlog
@@ -225,7 +247,13 @@ class OrderService:
         return stored_result(row)
 
     async def _enqueue(
-        self, order: Order, digest: str, received: float, source: str, owner: int | None
+        self,
+        order: Order,
+        text: str,
+        digest: str,
+        received: float,
+        source: str,
+        owner: int | None,
     ) -> Placed:
         try:
             async with self.db.engine.begin() as conn:
@@ -233,7 +261,7 @@ class OrderService:
                     insert(orders).values(
                         external_order_id=order.external_order_id,
                         payload_hash=digest,
-                        payload=self.box.encrypt(canonical(order), context=PAYLOAD_CONTEXT),
+                        payload=self.box.encrypt(text, context=PAYLOAD_CONTEXT),
                         status=OrderStatus.PENDING.value,
                         source=source,
                         owner_participant_id=owner,
@@ -250,53 +278,55 @@ class OrderService:
     async def _record(
         self,
         order: Order,
+        text: str,
         digest: str,
         result: OrderResult,
         received: float,
         source: str,
         owner: int | None,
     ) -> Placed:
-        mails, problem = await self.mails(order, result)
+        """Store the answer. When the order gets mails, the same row marks them due and keeps
+        the order (encrypted) for them: :class:`NotificationWorker` prepares and queues them
+        after the answer went out, so no accepted order loses its mails and the answer does
+        not wait for PDFs."""
+        now = time.time()
+        notify = self.wants_mails(result)
+        row = {
+            "external_order_id": order.external_order_id,
+            "payload_hash": digest,
+            "payload": self.box.encrypt(text, context=PAYLOAD_CONTEXT) if notify else None,
+            "status": result.status.value,
+            "result": result.model_dump_json(),
+            "detail": result.detail,
+            "source": source,
+            "owner_participant_id": owner,
+            "coursedb_order_id": result.order_id,
+            "received_at": received,
+            "processed_at": now,
+            "attempts": 1,
+            "notify_at": now if notify else None,
+            "notify_attempts": 0,
+        }
+
+        async def write() -> None:
+            # One statement is atomic on its own: no BEGIN/COMMIT round trips.
+            async with self.db.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.execute(_INSERT, row)
+
         try:
-            async with self.db.engine.begin() as conn:
-                await conn.execute(
-                    _INSERT,
-                    {
-                        "external_order_id": order.external_order_id,
-                        "payload_hash": digest,
-                        "status": result.status.value,
-                        "result": result.model_dump_json(),
-                        "detail": result.detail,
-                        "source": source,
-                        "owner_participant_id": owner,
-                        "coursedb_order_id": result.order_id,
-                        "received_at": received,
-                        "processed_at": time.time(),
-                        "attempts": 1,
-                        "last_error": problem,
-                    },
-                )
-                if mails and self.notifier is not None:
-                    await self.notifier.enqueue(conn, mails)
+            # A retry after a connection died at commit meets the row: IntegrityError, replay.
+            await _once_more_if_dead(write)
         except IntegrityError:
             # The same order arrived twice at once; the first one recorded its answer.
             return await self._replay(order.external_order_id, digest)
+        if notify:
+            self.mails_due.set()
         return Placed(result, replayed=False)
 
-    async def mails(
-        self, order: Order | None, result: OrderResult
-    ) -> tuple[list[OutgoingMail], str | None]:
-        """The notification mails of a final result, and why there are none if preparing them
-        failed. A failure never undoes the booking: it is logged, counted and stored with the
-        order (``last_error``), and staff can send them again (``POST /orders/{id}/notify``)."""
-        if self.notifier is None:
-            return [], None
-        try:
-            return await self.notifier.prepare(order, result), None
-        except Exception as exc:
-            log.exception("mails of order %s could not be prepared", result.external_order_id)
-            self.notification_failed()
-            return [], f"notification not sent: {type(exc).__name__}: {exc}"[:500]
+    def wants_mails(self, result: OrderResult) -> bool:
+        """Does this final result get notification mails (prepared later by the worker)?"""
+        return self.notifier is not None and self.notifier.wanted(result)
 
     async def notify_again(self, external_id: str) -> list[str]:
         """Prepare and queue the mails of an accepted order once more (staff)."""
@@ -305,6 +335,11 @@ class OrderService:
             raise Conflict(
                 "only accepted orders have notifications (and they must be enabled)",
                 code="nothing-to-notify",
+            )
+        if row.notify_at is not None:
+            raise Conflict(
+                "the order's mails are still being prepared; they are sent without help",
+                code="notification-pending",
             )
         mails = await self.notifier.prepare(None, result)
         async with self.db.engine.begin() as conn:
@@ -342,6 +377,7 @@ class OrderService:
             orders.c.next_attempt_at,
             orders.c.last_error,
             orders.c.coursedb_order_id,
+            orders.c.notify_at,
         ).order_by(orders.c.id)
         if status is not None:
             query = query.where(orders.c.status == status)
@@ -466,7 +502,8 @@ class BacklogWorker:
                 return None
             except Exception as exc:
                 return await self._retry_later(session, row, order, exc, now)
-            mails, problem = await svc.mails(order, result)
+            notify = svc.wants_mails(result)
+            done = time.time()
             await session.execute(
                 update(orders)
                 .where(orders.c.id == row.id)
@@ -474,17 +511,19 @@ class BacklogWorker:
                     status=result.status.value,
                     result=result.model_dump_json(),
                     detail=result.detail,
-                    payload=None,
+                    # The order stays (encrypted) until its mails are queued.
+                    payload=row.payload if notify else None,
                     coursedb_order_id=result.order_id,
-                    processed_at=time.time(),
+                    processed_at=done,
                     attempts=row.attempts + 1,
                     next_attempt_at=None,
-                    last_error=problem,
+                    last_error=None,
+                    notify_at=done if notify else None,
                 )
             )
             await self._announce(session, result)
-            if mails and svc.notifier is not None:
-                await svc.notifier.enqueue(session, mails)
+        if notify:
+            svc.mails_due.set()
         self.processed += 1
         log.info("backlog order %s booked: %s", row.external_order_id, result.status.value)
         return None

@@ -32,6 +32,10 @@ class Settings(ServiceSettings, MailSettings):
 
     service_name: str = "booking"
     port: int = 8102
+    # No ping before each use of a pooled connection of booking's own database (on asyncpg a
+    # ping is three round trips, twice per order): the order path retries once on a connection
+    # that turns out dead, and that failure makes the pool replace its other old connections.
+    db_pool_pre_ping: bool = False
 
     # The course database: a booking transaction that cannot connect or does not finish within
     # this budget counts as "unreachable" and the order waits in the backlog.
@@ -62,6 +66,12 @@ class Settings(ServiceSettings, MailSettings):
     # centre's address (only when ``centre_email`` is set).
     notifications_enabled: bool = True
     centre_email: MailAddress | None = None
+    # The mails are prepared after the answer (booking_service.mailing): orders at a time, how
+    # long a claimed order is held before another worker may take it up, and how often an
+    # unreachable coursedb is retried (backoff as for the backlog) before they are given up.
+    notify_concurrency: int = Field(4, ge=1, le=64)
+    notify_lease_seconds: float = Field(120.0, gt=0)
+    notify_max_attempts: int = Field(5, ge=1)
 
     @field_validator("sepa_creditor_id")
     @classmethod

@@ -47,7 +47,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 class Database:
     """One service's database: engine, session factory and unit-of-work scope."""
 
-    def __init__(self, url: str, *, schema: str | None = None, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, schema: str | None = None, echo: bool = False, pre_ping: bool = True
+    ) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         # Only PostgreSQL gets a schema; SQLite isolates by file, MariaDB by database.
@@ -55,7 +57,10 @@ class Database:
         # hide_parameters: a failed statement must not print bound values (secrets, IBANs) in logs.
         kwargs: dict[str, Any] = {
             "echo": echo,
-            "pool_pre_ping": self.dialect != "sqlite",
+            # Test a pooled connection before each use (on asyncpg three round trips: BEGIN,
+            # SELECT, ROLLBACK). ``pre_ping=False`` suits a hot path that retries a dead
+            # connection itself: after a server restart the first failure invalidates the pool.
+            "pool_pre_ping": pre_ping and self.dialect != "sqlite",
             "hide_parameters": True,
         }
         if self.dialect == "sqlite":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -97,6 +98,8 @@ _parts: ContextVar[Mapping[str, tuple[str, str | None]] | None] = ContextVar(
 _SIZED_FILTERS = ("center", "indent", "wordwrap", "truncate", "batch", "slice", "format")
 _SIZED_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "format"})
 _WIDE_FORMAT = re.compile(r"\d{6,}")
+# Compiled templates kept per environment (mail fields and included parts).
+_CACHED_TEMPLATES = 256
 
 
 def _finalize(value: Any) -> Any:
@@ -116,10 +119,17 @@ class _PartLoader(BaseLoader):
         part = (_parts.get() or {}).get(template)
         if part is None:
             raise TemplateNotFound(template, f"there is no part named {template!r}")
-        source = part[0] if self.variant == "text" else part[1]
+        index = 0 if self.variant == "text" else 1
+        source = part[index]
         if source is None:
             raise TemplateNotFound(template, f"part {template!r} has no HTML variant")
-        return source, f"{template}:{self.variant}", lambda: False
+
+        def uptodate() -> bool:
+            # The compiled part stays cached while the parts in effect hold the same source.
+            current = (_parts.get() or {}).get(template)
+            return current is not None and current[index] == source
+
+        return source, f"{template}:{self.variant}", uptodate
 
 
 class MailEnvironment(ImmutableSandboxedEnvironment):
@@ -135,10 +145,13 @@ class MailEnvironment(ImmutableSandboxedEnvironment):
             trim_blocks=True,
             lstrip_blocks=True,
             finalize=_finalize,
-            cache_size=0,
-            auto_reload=False,
+            # Included parts are cached and checked against the parts in effect at each use.
+            cache_size=_CACHED_TEMPLATES,
+            auto_reload=True,
         )
         self.limits = limits
+        self._compiled: dict[tuple[str, str], Template] = {}
+        self._compiled_lock = threading.Lock()
         self.globals.pop("lipsum", None)
         self.globals["range"] = self._range
         self.globals["_mesh_loop"] = self._loop
@@ -296,6 +309,20 @@ class MailEnvironment(ImmutableSandboxedEnvironment):
         code = self.compile(source, name=name, filename=name)
         return self.template_class.from_code(self, code, self.make_globals(None))
 
+    def compile_cached(self, source: str, name: str) -> Template:
+        """:meth:`compile_named`, remembered per (name, source): compiling costs far more than
+        rendering (milliseconds per field), and a source only changes with a new version. The
+        limits still apply: they are checked while rendering, through the current budget."""
+        key = (name, source)
+        template = self._compiled.get(key)
+        if template is None:
+            template = self.compile_named(source, name)
+            with self._compiled_lock:  # renders may run in worker threads
+                if len(self._compiled) >= _CACHED_TEMPLATES:
+                    self._compiled.pop(next(iter(self._compiled)))  # the oldest entry
+                self._compiled[key] = template
+        return template
+
     def render_limited(self, template: Template, context: Mapping[str, Any]) -> str:
         """Render with the output cap (the caller holds the budget)."""
         chunks: list[str] = []
@@ -381,7 +408,7 @@ class Renderer:
         budget_token = _budget.set(_Budget(self.limits))
         parts_token = _parts.set(parts)
         try:
-            template = env.compile_named(source, f"{name}:{field}")
+            template = env.compile_cached(source, f"{name}:{field}")
             return env.render_limited(template, context), None
         except Exception as exc:  # every failure of an untrusted template is reported, not raised
             return None, problem_of(exc, name, field)

@@ -29,7 +29,7 @@ This module owns the business rules; HTTP lives in :mod:`mesh_common.mail.templa
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -440,6 +440,25 @@ class TemplateStore:
             async with self.db.sessionmaker() as own:
                 return await self.render(name, context, session=own)
         parts, mails = await self._active(session)
+        return await self._render_active(session, parts, mails, name, context)
+
+    async def render_many(self, names: Sequence[str], context: Mapping[str, Any]) -> list[Rendered]:
+        """:meth:`render` for several mail templates with the same data (e.g. a confirmation
+        and a protocol), reading the active versions once; same errors."""
+        async with self.db.sessionmaker() as session:
+            parts, mails = await self._active(session)
+            return [
+                await self._render_active(session, parts, mails, name, context) for name in names
+            ]
+
+    async def _render_active(
+        self,
+        session: AsyncSession,
+        parts: PartSources,
+        mails: Mapping[str, TemplateSource],
+        name: str,
+        context: Mapping[str, Any],
+    ) -> Rendered:
         source = mails.get(name)
         if source is None:
             info = await self._template_row(session, name)
