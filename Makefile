@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 
-.PHONY: help install run up-local test test-unit test-integration lint fmt typecheck bench lock seed clean token
+.PHONY: help install run up-local test test-unit test-integration chaos lint fmt typecheck bench lock seed clean token
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ test: install ## start the real servers and run every test tier
 	@scripts/ensure-packages.sh
 	@scripts/ensure-services.sh
 	@scripts/test.sh
+
+chaos: install ## fault injection under load (RabbitMQ kill -9, PostgreSQL cuts, SMTP/clamd/Schulconnex down); artifacts/chaos-report.json
+	@scripts/ensure-packages.sh
+	@scripts/ensure-services.sh
+	@mkdir -p artifacts
+	@$(PYTEST) -p no:cacheprovider tests/chaos -m chaos
 
 lint: install ## ruff + import boundaries
 	@.venv/bin/ruff check libs services tests bench
