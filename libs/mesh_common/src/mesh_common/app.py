@@ -160,9 +160,16 @@ def create_service_app(
                 await conn.run_sync(metadata.create_all)
         await bus.start()
         if runtime.outbox is not None:
-            runtime.outbox_relay = OutboxRelay(runtime.outbox, bus, db.engine)
+            runtime.outbox_relay = OutboxRelay(
+                runtime.outbox,
+                bus,
+                db.engine,
+                backoff_max=settings.outbox_relay_backoff_max_seconds,
+            )
             runtime.outbox_relay.start()
             runtime.spawn(_watch_outbox(runtime), name="outbox-metrics")
+        if runtime.outbox_relay is not None or runtime.inbox is not None:
+            runtime.spawn(_housekeeping(runtime), name="mesh-housekeeping")
         for hook in on_startup:
             await hook(runtime)
         log.info("service started", extra={"service": settings.service_name})
@@ -228,6 +235,32 @@ async def _watch_outbox(runtime: ServiceRuntime, interval: float = 5.0) -> None:
         except Exception:
             log.warning("outbox backlog probe failed", exc_info=True)
         await asyncio.sleep(interval)
+
+
+async def housekeep(runtime: ServiceRuntime) -> dict[str, int]:
+    """Delete relayed outbox rows and inbox marks past their retention (settings
+    ``outbox_retention_hours`` / ``inbox_retention_days``; 0 keeps them). Returns the counts."""
+    settings = runtime.settings
+    done: dict[str, int] = {}
+    if runtime.outbox_relay is not None and settings.outbox_retention_hours > 0:
+        done["outbox"] = await runtime.outbox_relay.purge_sent(
+            settings.outbox_retention_hours * 3600
+        )
+    if runtime.inbox is not None and settings.inbox_retention_days > 0:
+        done["inbox"] = await runtime.inbox.purge(settings.inbox_retention_days * 86400)
+    return done
+
+
+async def _housekeeping(runtime: ServiceRuntime, interval: float = 3600.0) -> None:
+    """Hourly :func:`housekeep`; every replica does it (plain DELETEs, harmless twice)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            done = await housekeep(runtime)
+            if any(done.values()):
+                log.info("housekeeping: deleted %s", done)
+        except Exception:
+            log.warning("housekeeping failed; next try in %.0f s", interval, exc_info=True)
 
 
 def _instrument(app: FastAPI, provider: TracerProvider) -> None:

@@ -35,6 +35,15 @@ class ServiceSettings(BaseSettings):
     # path retries a dead connection itself turns it off to save the round trips.
     db_pool_pre_ping: bool = True
     var_dir: Path = Path("var")
+    # Finished task executions (and their per-record logs) are kept this many days; each task's
+    # latest execution is kept regardless. 0 keeps everything.
+    task_retention_days: float = Field(default=90.0, ge=0)
+    # Housekeeping (hourly): relayed outbox rows and inbox marks are deleted after these ages.
+    # Inbox marks absorb duplicates: keep them longer than a redelivery or a DLQ replay may take.
+    outbox_retention_hours: float = Field(default=72.0, ge=0)
+    inbox_retention_days: float = Field(default=14.0, ge=0)
+    # The outbox relay's wait between attempts while the broker is unreachable (doubling).
+    outbox_relay_backoff_max_seconds: float = Field(default=30.0, gt=0)
 
     # Bus: None selects the in-memory broker (embedded default and unit tests).
     amqp_url: SecretStr | None = None

@@ -381,3 +381,72 @@ async def test_disabled_task_does_not_fire_and_schedule_change_resets_due(
     assert (row["schedule_type"], row["schedule_value"]) == ("cron", "0 3 * * *")
     assert row["next_run_at"] > time.time() + 60  # re-planned on the new schedule
     assert row["enabled"] is False  # an operator's pause survives a redeploy
+
+
+async def test_purge_deletes_old_executions_and_items_but_keeps_each_tasks_latest(
+    env: Env, registry: TaskRegistry
+) -> None:
+    now = [1_000_000.0]
+
+    @registry.task("a")
+    async def a(ctx: TaskContext) -> None:
+        await ctx.item("k", "update", "ok")
+
+    @registry.task("b")
+    async def b(ctx: TaskContext) -> None:
+        await ctx.item("k", "update", "failed", error="x")
+
+    # No automatic purge while the test arranges its history (retention None).
+    runner = await env.runner(registry, clock=lambda: now[0], retention_seconds=None)
+    old = [await runner.wait(await runner.run_now("a")) for _ in range(3)]
+    only_b = await runner.wait(await runner.run_now("b"))
+    now[0] += 100 * 86400  # everything above is now 100 days old
+    fresh = await runner.wait(await runner.run_now("a"))
+
+    assert await runner.purge(older_than=90 * 86400, batch=2) == 3  # batches of 2 and 1
+    left = {e["id"] for e in await runner.list_executions()}
+    # a: the three old ones go (a newer one exists); b: its only (latest) run stays.
+    assert left == {fresh["id"], only_b["id"]}
+    async with runner.db.engine.connect() as conn:
+        item_owners = set((await conn.execute(select(env.tables.items.c.execution_id))).scalars())
+    assert item_owners == {fresh["id"], only_b["id"]}
+    assert not item_owners & {e["id"] for e in old}
+    # Nothing younger than the window goes, and a second purge has nothing left to do.
+    assert await runner.purge(older_than=90 * 86400) == 0
+    assert await runner.purge(older_than=0) == 0  # both survivors are their task's latest
+
+
+async def test_purge_runs_from_the_scheduler_tick_and_spares_running_executions(
+    env: Env, registry: TaskRegistry
+) -> None:
+    now = [2_000_000.0]
+    release = asyncio.Event()
+
+    @registry.task("slow")
+    async def slow(ctx: TaskContext) -> None:
+        await release.wait()
+
+    @registry.task("quick")
+    async def quick(ctx: TaskContext) -> None:
+        await ctx.item("k", "update", "ok")
+
+    runner = await env.runner(
+        registry, clock=lambda: now[0], retention_seconds=3600, purge_every_seconds=0
+    )
+    first = await runner.wait(await runner.run_now("quick"))
+    running = await runner.run_now("slow")
+    now[0] += 7200
+    second = await runner.wait(await runner.run_now("quick"))
+
+    async def gone() -> bool:
+        ids = {e["id"] for e in await runner.list_executions()}
+        return first["id"] not in ids
+
+    deadline = time.monotonic() + 10
+    while not await gone():
+        assert time.monotonic() < deadline, "the tick never purged the old execution"
+        await asyncio.sleep(0.05)
+    ids = {e["id"] for e in await runner.list_executions()}
+    assert {second["id"], running} <= ids  # the running one is older than the window too
+    release.set()
+    assert (await runner.wait(running))["status"] == "succeeded"

@@ -102,3 +102,14 @@ class Inbox:
                 return await fn(message, ctx, session)
 
         return handler
+
+    async def purge(self, older_than: float) -> int:
+        """Delete marks of messages processed more than ``older_than`` seconds ago; returns how
+        many. A duplicate that arrives after its mark is gone runs again, so keep marks longer
+        than any redelivery or DLQ replay can take (see ``INBOX_RETENTION_DAYS``)."""
+        t = self.table
+        async with self.sessionmaker() as session, session.begin():
+            result = await session.execute(
+                t.delete().where(t.c.processed_at < time.time() - older_than)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)

@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 from mesh_common.tasks.api import task_router
+from mesh_common.tasks.migrations import task_tables_downgrade_v1, task_tables_upgrade_v1
 from mesh_common.tasks.registry import (
     Cron,
     Interval,
@@ -56,4 +57,6 @@ __all__ = [
     "task_hooks",
     "task_router",
     "task_tables",
+    "task_tables_downgrade_v1",
+    "task_tables_upgrade_v1",
 ]

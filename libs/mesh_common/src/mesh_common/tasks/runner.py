@@ -91,6 +91,8 @@ class TaskRunner:
         clock: Callable[[], float] = time.time,
         runner_id: str | None = None,
         on_finish: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+        retention_seconds: float | None = 90 * 86400.0,
+        purge_every_seconds: float = 3600.0,
     ) -> None:
         if lease_seconds <= 3 * tick_seconds:
             # Leases are renewed from the tick; a slower tick would let them lapse mid-run.
@@ -108,6 +110,11 @@ class TaskRunner:
         # Called with the final execution row once per execution, by the replica that recorded
         # its end (or reaped it); e.g. the connector framework's e-mail notifications.
         self.on_finish = on_finish
+        # Finished executions (with their item logs) older than this are deleted, except each
+        # task's latest one; None keeps everything. Checked every ``purge_every_seconds``.
+        self.retention_seconds = retention_seconds
+        self.purge_every_seconds = purge_every_seconds
+        self._last_purge = 0.0
         self._sem = asyncio.Semaphore(max_concurrency)
         self._runs: dict[str, _Run] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -159,7 +166,62 @@ class TaskRunner:
         """One scheduler pass; returns the ids of the executions it started."""
         await self._heartbeat()
         await self.reap_stale()
-        return await self._start_due()
+        started = await self._start_due()
+        if (
+            self.retention_seconds is not None
+            and self.clock() - self._last_purge >= self.purge_every_seconds
+        ):
+            self._last_purge = self.clock()
+            try:
+                await self.purge()
+            except Exception:
+                log.exception(
+                    "purging old task executions failed; next try in %.0f s",
+                    self.purge_every_seconds,
+                )
+        return started
+
+    async def purge(self, *, older_than: float | None = None, batch: int = 500) -> int:
+        """Delete finished executions that ended more than ``older_than`` seconds ago
+        (default: ``retention_seconds``) with their item logs, in batches; each task's latest
+        execution stays whatever its age, so every task still shows how it last ran. Running
+        executions are never touched. Returns how many executions were deleted. Safe to run on
+        several replicas at once (plain DELETEs of the same rows)."""
+        age = self.retention_seconds if older_than is None else older_than
+        if age is None:
+            return 0
+        ex, items = self.t.executions, self.t.items
+        cutoff = self.clock() - age
+        newer = ex.alias("newer")
+        has_newer = (
+            select(newer.c.id)
+            .where(newer.c.task == ex.c.task, newer.c.started_at > ex.c.started_at)
+            .exists()
+        )
+        candidates = (
+            select(ex.c.id)
+            .where(
+                ex.c.status.in_(sorted(FINAL_STATUSES)),
+                ex.c.finished_at < cutoff,
+                has_newer,
+            )
+            .limit(batch)
+        )
+        deleted = 0
+        while True:
+            async with self.db.engine.begin() as conn:
+                ids = list((await conn.execute(candidates)).scalars())
+                if not ids:
+                    break
+                # Items first: SQLite enforces ON DELETE CASCADE only with foreign_keys on.
+                await conn.execute(delete(items).where(items.c.execution_id.in_(ids)))
+                res = await conn.execute(delete(ex).where(ex.c.id.in_(ids)))
+                deleted += int(res.rowcount or 0)
+            if len(ids) < batch:
+                break
+        if deleted:
+            log.info("purged %d task execution(s) finished before the retention window", deleted)
+        return deleted
 
     # ---------------------------------------------------------------- definitions
 

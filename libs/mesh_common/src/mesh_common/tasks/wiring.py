@@ -3,8 +3,9 @@
 ``task_hooks(registry, tables)`` returns the startup and shutdown hooks that create, start and
 stop the service's :class:`TaskRunner` on the runtime's database and keep it in
 ``runtime.extras["task_runner"]``, where :func:`~mesh_common.tasks.api.task_router` finds it.
-The tables themselves belong to the service's metadata and migrations. This module must not
-create tables or read settings.
+The tables themselves belong to the service's metadata and migrations. The one setting it
+reads is ``runtime.settings.task_retention_days`` (unless ``retention_seconds`` is given). This
+module must not create tables.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def task_hooks(
         counter = getattr(getattr(runtime, "metrics", None), "task_executions", None)
         user_hook = runner_options.get("on_finish")
         options = {k: v for k, v in runner_options.items() if k != "on_finish"}
+        if "retention_seconds" not in options:
+            # TASK_RETENTION_DAYS (ServiceSettings); 0 keeps every execution forever.
+            days = getattr(getattr(runtime, "settings", None), "task_retention_days", 90.0)
+            options["retention_seconds"] = float(days) * 86400.0 if days and days > 0 else None
 
         async def on_finish(execution: dict[str, Any]) -> None:
             # task_executions_total{task, status} on the service's /metrics.
