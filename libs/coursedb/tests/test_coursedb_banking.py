@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from coursedb.banking import BankCipher, InvalidIBAN, add_account, check_iban, find_account, mask
+from coursedb.banking import (
+    BankCipher,
+    InvalidIBAN,
+    add_account,
+    check_iban,
+    find_account,
+    mask,
+    rekey_accounts,
+)
 from coursedb.engine import create_schema, drop_schema
 from coursedb.schema import bank_accounts, participants
 from mesh_common.secrets import DecryptionError, SecretBox, generate_key
@@ -128,3 +136,47 @@ async def test_account_of_a_new_owner_is_the_default_in_one_statement(
     assert row.iban_masked == mask(IBAN) and cipher.open(row) == IBAN
     assert IBAN not in str(tuple(row))
     assert found is not None and found["id"] == account
+
+
+async def test_key_rotation_finds_old_accounts_and_rekey_moves_them_to_the_new_key(
+    scratch_engine: AsyncEngine,
+) -> None:
+    """Step 2 of a rotation (``MESH_SECRET_KEY=<new>,<old>``): accounts stored under the old key
+    are still found and not stored twice. Step 3 (``rekey_accounts``): every row is re-sealed
+    with the new key, after which the old key can go and everything still opens and matches."""
+    old_key, new_key = generate_key(), generate_key()
+    old = BankCipher(SecretBox([old_key]))
+    await drop_schema(scratch_engine)
+    await create_schema(scratch_engine)
+    async with scratch_engine.begin() as conn:
+        for pid in (1, 2, 3):
+            await conn.execute(
+                participants.insert().values(
+                    id=pid, first_name="P", last_name=str(pid), created_at=T0, updated_at=T0
+                )
+            )
+            await add_account(conn, old, participant_id=pid, account_holder="P", iban=IBAN)
+    rotating = BankCipher(SecretBox([new_key, old_key]))
+    async with scratch_engine.begin() as conn:
+        # Without the lookup under every key this would add a second account.
+        again = await add_account(conn, rotating, participant_id=1, account_holder="P", iban=IBAN)
+        count = len((await conn.execute(select(bank_accounts.c.id))).all())
+    assert count == 3
+    async with scratch_engine.connect() as conn:
+        assert (await find_account(conn, rotating, 1, IBAN))["id"] == again  # type: ignore[index]
+
+    assert await rekey_accounts(scratch_engine, rotating, dry_run=True) == {
+        "checked": 3,
+        "rekeyed": 3,
+    }
+    assert await rekey_accounts(scratch_engine, rotating, batch=2) == {"checked": 3, "rekeyed": 3}
+    assert await rekey_accounts(scratch_engine, rotating) == {"checked": 3, "rekeyed": 0}
+
+    new_only = BankCipher(SecretBox([new_key]))
+    async with scratch_engine.connect() as conn:
+        rows = (await conn.execute(select(bank_accounts))).all()
+        assert all(new_only.open(r) == IBAN for r in rows)
+        assert {r.iban_fingerprint for r in rows} == {new_only.fingerprint(IBAN)}
+        assert (await find_account(conn, new_only, 2, IBAN)) is not None
+    with pytest.raises(DecryptionError):
+        old.open(rows[0])

@@ -160,3 +160,13 @@ def test_encrypted_json_column_round_trip_on_sqlite() -> None:
     )
     with engine.connect() as conn, pytest.raises(DecryptionError):
         conn.execute(select(other.c.credentials).where(other.c.id == 1)).all()
+
+
+def test_blind_indexes_cover_every_key_primary_first() -> None:
+    old, new = generate_key(), generate_key()
+    before = SecretBox([old]).blind_index("x", context="c")
+    rotating = SecretBox([new, old])
+    indexes = rotating.blind_indexes("x", context="c")
+    assert indexes == [rotating.blind_index("x", context="c"), before]
+    assert indexes[0] != before
+    assert SecretBox([new, new]).blind_indexes("x", context="c") == indexes[:1]

@@ -81,6 +81,25 @@ class BankCipher:
     def fingerprint(self, iban: str) -> str:
         return self._box.blind_index(check_iban(iban).compact, context=CONTEXT)
 
+    def fingerprints(self, iban: str) -> list[str]:
+        """The fingerprint under every held key (current first): lookups match all of them, so
+        accounts stored before a key rotation are found until :func:`rekey_accounts` ran."""
+        return self._box.blind_indexes(check_iban(iban).compact, context=CONTEXT)
+
+    def reseal(self, row: Mapping[str, Any] | Row[Any]) -> dict[str, str] | None:
+        """New ``iban_ciphertext``/``iban_fingerprint`` for a row not sealed with the current key
+        (None when it already is): decrypted with whichever held key made it."""
+        mapping = row._mapping if isinstance(row, Row) else row
+        compact = self.open(mapping)
+        fingerprint = self._box.blind_index(compact, context=CONTEXT)
+        token = mapping["iban_ciphertext"]
+        if not self._box.needs_rotation(token) and mapping["iban_fingerprint"] == fingerprint:
+            return None
+        return {
+            "iban_ciphertext": self._box.encrypt(compact, context=CONTEXT),
+            "iban_fingerprint": fingerprint,
+        }
+
     def seal(self, iban: str) -> dict[str, str]:
         """The three stored columns for ``iban`` (validated first)."""
         compact = check_iban(iban).compact
@@ -107,7 +126,7 @@ async def find_account(
         await conn.execute(
             select(bank_accounts).where(
                 bank_accounts.c.participant_id == participant_id,
-                bank_accounts.c.iban_fingerprint == cipher.fingerprint(iban),
+                bank_accounts.c.iban_fingerprint.in_(cipher.fingerprints(iban)),
             )
         )
     ).first()
@@ -221,3 +240,39 @@ async def set_default(
         .where(bank_accounts.c.id == account_id, bank_accounts.c.participant_id == participant_id)
         .values(is_default=True, updated_at=stamp, row_version=bank_accounts.c.row_version + 1)
     )
+
+
+async def rekey_accounts(
+    engine: Any, cipher: BankCipher, *, batch: int = 500, dry_run: bool = False
+) -> dict[str, int]:
+    """Re-encrypt every IBAN with the current (first) key and recompute its fingerprint: step 3
+    of a ``MESH_SECRET_KEY`` rotation (docs/operations.md). Batches of ``batch`` rows, each in
+    its own transaction, keyset-paged by id, so it can run while the centre works and be
+    resumed. ``row_version``/``updated_at`` are left alone: the account did not change. Returns
+    ``{"checked": n, "rekeyed": m}``; ``dry_run`` only counts. A row that no held key opens
+    raises ``DecryptionError`` naming the missing key id (nothing of that batch is written)."""
+    a = bank_accounts
+    checked = rekeyed = 0
+    after = 0
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(a.c.id, a.c.iban_ciphertext, a.c.iban_fingerprint)
+                    .where(a.c.id > after)
+                    .order_by(a.c.id)
+                    .limit(batch)
+                )
+            ).all()
+            if not rows:
+                break
+            for row in rows:
+                checked += 1
+                new = cipher.reseal(row)
+                if new is None:
+                    continue
+                rekeyed += 1
+                if not dry_run:
+                    await conn.execute(update(a).where(a.c.id == row.id).values(**new))
+            after = int(rows[-1].id)
+    return {"checked": checked, "rekeyed": rekeyed}

@@ -4,6 +4,7 @@
     coursedb seed --courses N [--participants M] [--seed S] [--today YYYY-MM-DD] [--reset]
     coursedb stats                     row counts per table, course/registration status mix
     coursedb drop                      drop every coursedb table
+    coursedb rekey [--dry-run]         re-encrypt IBANs with the first MESH_SECRET_KEY (rotation)
 
 The database is ``--url``, else the environment variable ``COURSEDB_URL``, else the local SQLite
 file ``./var/coursedb.sqlite3`` (its directory is created). This is the only place that reads
@@ -20,10 +21,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from mesh_common.secrets import SecretsError
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coursedb.banking import BankCipher, rekey_accounts
 from coursedb.engine import DEFAULT_URL, create_engine, create_schema, drop_schema
 from coursedb.schema import ALL_TABLES, courses, registrations
 from coursedb.seed import SeedError, seed
@@ -58,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     seed_cmd.add_argument("--batch-size", type=int, default=1000, help="courses per transaction")
     commands.add_parser("stats", help="row counts per table")
     commands.add_parser("drop", help="drop every coursedb table")
+    rekey_cmd = commands.add_parser(
+        "rekey",
+        help="re-encrypt IBANs with the first MESH_SECRET_KEY and recompute their fingerprints "
+        "(key rotation, step 3)",
+    )
+    rekey_cmd.add_argument("--dry-run", action="store_true", help="only count what would change")
+    rekey_cmd.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
     return parser
 
 
@@ -93,6 +103,11 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             print(f"dropped the coursedb schema in {_safe(url)}")
         elif args.command == "stats":
             print(await _stats(engine))
+        elif args.command == "rekey":
+            cipher = BankCipher.from_env()
+            done = await rekey_accounts(engine, cipher, batch=args.batch_size, dry_run=args.dry_run)
+            verb = "would re-key" if args.dry_run else "re-keyed"
+            print(f"bank accounts: {done['checked']:,} checked, {verb} {done['rekeyed']:,}")
         elif args.command == "seed":
             report = await seed(
                 engine,
@@ -121,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
     try:
         return asyncio.run(_run(args, url))
-    except SeedError as error:
+    except (SeedError, SecretsError) as error:
         print(f"coursedb: {error}", file=sys.stderr)
         return 2
 

@@ -83,7 +83,7 @@ def _key_id(key: bytes) -> str:
 class SecretBox:
     """Encrypts JSON-able credentials (a string or a dict) into opaque string tokens."""
 
-    __slots__ = ("_by_id", "_index_key", "_primary_id")
+    __slots__ = ("_by_id", "_index_key", "_index_keys", "_primary_id")
 
     def __init__(self, keys: Sequence[str | bytes]) -> None:
         if isinstance(keys, str | bytes):
@@ -96,7 +96,11 @@ class SecretBox:
             self._by_id.setdefault(_key_id(key), AESGCM(key))
         self._primary_id = _key_id(decoded[0])
         # A separate sub-key for blind indexes, so the AES key itself is never used for HMAC.
-        self._index_key = hmac.new(decoded[0], b"edumesh.blind-index.v1", hashlib.sha256).digest()
+        self._index_keys = [
+            hmac.new(key, b"edumesh.blind-index.v1", hashlib.sha256).digest()
+            for key in dict.fromkeys(decoded)
+        ]
+        self._index_key = self._index_keys[0]
 
     @classmethod
     def from_env(cls, var: str = ENV_VAR, environ: Mapping[str, str] | None = None) -> SecretBox:
@@ -122,9 +126,17 @@ class SecretBox:
     def blind_index(self, value: str, *, context: str) -> str:
         """A keyed fingerprint (HMAC-SHA256, hex) of ``value`` for equality lookups and unique
         constraints on encrypted columns, without storing the value. Derived from the primary key:
-        after a key rotation, recompute stored indexes together with :meth:`rotate`."""
+        after a key rotation, recompute stored indexes together with :meth:`rotate`, and look
+        up with :meth:`blind_indexes` until every stored index is current."""
         msg = context.encode() + b"|" + value.encode()
         return hmac.new(self._index_key, msg, hashlib.sha256).hexdigest()
+
+    def blind_indexes(self, value: str, *, context: str) -> list[str]:
+        """:meth:`blind_index` under every held key, the primary key's first: a lookup that
+        matches any of them still finds rows indexed before a rotation (while the old key is
+        listed). Writes always store :meth:`blind_index`."""
+        msg = context.encode() + b"|" + value.encode()
+        return [hmac.new(k, msg, hashlib.sha256).hexdigest() for k in self._index_keys]
 
     def encrypt(self, value: Plain, *, context: str = "") -> str:
         """Encrypt a string or a JSON-able dict with the primary key."""
