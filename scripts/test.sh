@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p artifacts
-PYTEST=(.venv/bin/pytest -p no:cacheprovider --junitxml=artifacts/junit.xml)
+PYTEST=(.venv/bin/pytest -p no:cacheprovider --junitxml=artifacts/junit.xml --durations=30)
 echo "== lint" && .venv/bin/ruff check libs services tests bench deploy conftest.py
 echo "== typecheck (mypy strict on mesh_common, mesh_contracts)"
 .venv/bin/mypy libs/mesh_common/src libs/mesh_contracts/src
