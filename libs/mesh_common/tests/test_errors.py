@@ -17,7 +17,9 @@ def db_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
     return request.getfixturevalue("pg_url")
 
 
-async def test_an_id_beyond_64_bits_is_a_422_problem(db_url: str) -> None:
+async def test_an_id_beyond_64_bits_is_a_422_problem(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     engine = create_async_engine(db_url)
     metadata = MetaData()
     things = Table("things_overflow", metadata, Column("id", Integer, primary_key=True))
@@ -44,6 +46,13 @@ async def test_an_id_beyond_64_bits_is_a_422_problem(db_url: str) -> None:
         assert r.status_code == 422
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["code"] == "value-out-of-range"
+    # Answered inside the app: nothing re-raised to the server, nothing logged as an error.
+    caplog.clear()
+    strict = httpx.ASGITransport(app=app, raise_app_exceptions=True)
+    async with httpx.AsyncClient(transport=strict, base_url="http://t") as client:
+        assert (await client.get(f"/things/{2**70}")).status_code == 422
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         # Other unexpected errors stay 500s.
         assert (await client.get("/boom")).status_code == 500
     await engine.dispose()

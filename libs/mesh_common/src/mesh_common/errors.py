@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mesh_common.context import current_request_id
@@ -172,7 +173,6 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if out_of_range(exc):
             # A number the database cannot hold (e.g. an id beyond 64 bits in the path): the
@@ -191,3 +191,10 @@ def install_problem_handlers(app: FastAPI) -> None:
             detail="An unexpected error occurred; it has been logged with the request id.",
             instance=request.url.path,
         )
+
+    # Handlers for these classes run inside the app (Starlette's ExceptionMiddleware), so a
+    # value-out-of-range answer is an ordinary 422: not logged as an error, not re-raised to the
+    # server. The catch-all below runs in ServerErrorMiddleware, which re-raises after it.
+    app.add_exception_handler(OverflowError, _unexpected)
+    app.add_exception_handler(StatementError, _unexpected)
+    app.add_exception_handler(Exception, _unexpected)
