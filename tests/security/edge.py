@@ -9,69 +9,19 @@ a daemon thread, over real TCP.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from gateway_service.app import create_app
 from gateway_service.settings import GatewaySettings
 from mesh_common.auth import AuthSettings, jwks_document, mint_token
 from mesh_common.auth.tokens import RsaKeyPair, generate_rsa_key
+from mesh_common.testing.serving import ServerThread
 
 EDGE_MAX_BODY = 1024 * 1024
-
-
-class ServerThread:
-    """An event loop in a daemon thread hosting uvicorn servers."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: list[tuple[uvicorn.Server, Future[None]]] = []
-
-    def serve(self, app: Any, *, proxy_headers: bool) -> str:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=1,
-            proxy_headers=proxy_headers,
-        )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        future = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self.loop)
-        for _ in range(1000):
-            if server.started:
-                break
-            if future.done():
-                future.result()
-            threading.Event().wait(0.01)
-        else:
-            raise RuntimeError("server did not start")
-        self.servers.append((server, future))
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        for server, _ in self.servers:
-            server.should_exit = True
-        for _, future in self.servers:
-            try:
-                future.result(timeout=5)
-            except Exception:
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 def echo_app(key: RsaKeyPair) -> FastAPI:

@@ -11,14 +11,12 @@ import asyncio
 import gzip
 import hashlib
 import socket
-import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import uvloop
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -37,6 +35,7 @@ from mesh_common.tasks import (
     task_router,
     task_tables,
 )
+from mesh_common.testing.serving import ServerThread
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -50,60 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class ServerThread:
-    """An event loop in a daemon thread that hosts any number of uvicorn servers."""
-
-    def __init__(self) -> None:
-        # uvloop, as in production (python -m gateway_service): its transports differ from
-        # asyncio's in ways the upstream client must handle.
-        self.loop = uvloop.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: list[tuple[uvicorn.Server, Any]] = []
-
-    def serve(self, app: Any, *, proxy_headers: bool = True, **options: Any) -> str:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=1,
-            server_header=False,
-            # The gateway does X-Forwarded-* itself (trusted_proxies); uvicorn must not
-            # rewrite the client address from them first. Upstreams trust the gateway.
-            proxy_headers=proxy_headers,
-            **options,
-        )
-        server = uvicorn.Server(config)
-        # uvicorn would install signal handlers; not from a non-main thread.
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        future = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self.loop)
-        for _ in range(500):
-            if server.started:
-                break
-            if future.done():
-                future.result()
-            threading.Event().wait(0.01)
-        else:
-            raise RuntimeError("server did not start")
-        self.servers.append((server, future))
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        for server, _ in self.servers:
-            server.should_exit = True
-        for _, future in self.servers:
-            try:
-                future.result(timeout=5)
-            except Exception:
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
 
 
 @dataclass
@@ -234,7 +179,7 @@ class Rig:
 
 @pytest.fixture(scope="session")
 def rig() -> Iterator[Rig]:
-    thread = ServerThread()
+    thread = ServerThread(loop=uvloop.new_event_loop())  # uvloop, as in production
     progress = Progress()
     try:
         alpha = thread.serve(make_upstream("alpha", progress))
@@ -378,7 +323,7 @@ class AdminRig:
 
 @pytest.fixture(scope="session")
 def admin_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminRig]:
-    thread = ServerThread()
+    thread = ServerThread(loop=uvloop.new_event_loop())  # uvloop, as in production
     try:
         demo = thread.serve(make_tasks_service(tmp_path_factory.mktemp("demo")))
         settings = GatewaySettings(

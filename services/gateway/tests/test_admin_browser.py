@@ -9,28 +9,16 @@ chromium the tests skip locally and fail under CI.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mesh_common.testing.servers import in_ci
-from playwright.async_api import Browser, Page, async_playwright, expect
+from mesh_common.testing.browser import PageWatch, launch
+from playwright.async_api import Browser, Page, expect
 
 from .conftest import CONTACTS, REJECTED, AdminRig
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = (
     Path(__file__).resolve().parents[3] / "artifacts" / "screenshots" / "admin-dashboard.png"
 )
@@ -39,46 +27,16 @@ TOKEN_KEY = "edumesh.admin.token"
 expect.set_options(timeout=15_000)
 
 
-def require_chromium() -> None:
-    """Skip (locally) or fail (CI) when Debian's chromium is not installed."""
-    if os.access(CHROMIUM, os.X_OK):
-        return
-    message = f"{CHROMIUM} is missing; install it with `apt-get install chromium`"
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    require_chromium()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
+    async with launch() as launched:
+        yield launched
 
 
-class Watch:
-    """Console errors, uncaught exceptions (CSP violations are console errors) and requests to
-    any origin but the gateway's."""
-
-    def __init__(self, page: Page, origin: str) -> None:
-        self.errors: list[str] = []
-        self.foreign: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on(
-            "request",
-            lambda r: None if r.url.startswith(origin + "/") else self.foreign.append(r.url),
-        )
-
-
-async def new_page(browser: Browser, rig: AdminRig) -> tuple[Page, Watch]:
+async def new_page(browser: Browser, rig: AdminRig) -> tuple[Page, PageWatch]:
     context = await browser.new_context(viewport={"width": 1440, "height": 1000})
     page = await context.new_page()
-    return page, Watch(page, rig.gateway)
+    return page, PageWatch(page, rig.gateway)
 
 
 async def test_sign_in_run_a_task_see_its_records_and_retry(

@@ -12,104 +12,34 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from mesh_common.testing.browser import PageWatch, launch, require_chromium
 from mesh_common.testing.clamd import ClamdServer, eicar, free_port
-from mesh_common.testing.servers import in_ci
+from mesh_common.testing.serving import ServerThread
 from mesh_common.testing.smtp import SmtpCapture
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 from portal_service.app import create_app
 from portal_service.public import human_size
 
 from .conftest import CHEAP_ARGON2, SECRET, SERVICE, activation_link, client_data, make_settings
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = Path(__file__).resolve().parents[3] / "artifacts" / "screenshots" / "portal.png"
 
 expect.set_options(timeout=15_000)
 
 
-def require_chromium() -> None:
-    """Skip (locally) or fail (CI) when Debian's chromium is not installed."""
-    if os.access(CHROMIUM, os.X_OK):
-        return
-    message = f"{CHROMIUM} is missing; install it with `apt-get install chromium`"
-    if in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-class ServerThread:
-    """uvicorn servers on an event loop in a daemon thread (the browser needs real HTTP)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.servers: list[tuple[uvicorn.Server, Any]] = []
-
-    def serve(self, app: Any, sock: socket.socket, *, proxy_headers: bool) -> str:
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-            proxy_headers=proxy_headers,
-            forwarded_allow_ips="127.0.0.1" if proxy_headers else None,
-        )
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
-        future = asyncio.run_coroutine_threadsafe(server.serve(sockets=[sock]), self.loop)
-        for _ in range(3000):
-            if server.started:
-                break
-            if future.done():
-                future.result()
-            threading.Event().wait(0.01)
-        else:
-            raise RuntimeError("server did not start")
-        self.servers.append((server, future))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    def stop(self) -> None:
-        for server, _ in reversed(self.servers):
-            server.should_exit = True
-        for _, future in self.servers:
-            try:
-                future.result(timeout=15)
-            except Exception:
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=5)
-
-
-def bound_socket() -> socket.socket:
-    """A listening address for uvicorn, bound before the server starts."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with launch() as launched:
+        yield launched
 
 
 @dataclass
@@ -161,7 +91,10 @@ def stack(tmp_path: Path, smtp_server: SmtpCapture, clamd_server: ClamdServer) -
     gateway: subprocess.Popen[bytes] | None = None
     try:
         portal = thread.serve(
-            create_app(settings, passwords=CHEAP_ARGON2), bound_socket(), proxy_headers=True
+            create_app(settings, passwords=CHEAP_ARGON2),
+            proxy_headers=True,
+            forwarded_allow_ips="127.0.0.1",
+            timeout_graceful_shutdown=2,
         )
         gateway = start_gateway(gateway_port, portal)
         yield Stack(gateway_url, portal, smtp_server)
@@ -170,32 +103,6 @@ def stack(tmp_path: Path, smtp_server: SmtpCapture, clamd_server: ClamdServer) -
             gateway.terminate()
             gateway.wait(timeout=15)
         thread.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    require_chromium()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-class Watch:
-    """Console errors (CSP violations are console errors), uncaught exceptions and requests to
-    any other origin than the gateway's."""
-
-    def __init__(self, page: Page, origin: str) -> None:
-        self.errors: list[str] = []
-        self.foreign: list[str] = []
-        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on(
-            "request",
-            lambda r: None if r.url.startswith(origin + "/") else self.foreign.append(r.url),
-        )
 
 
 async def test_activate_set_password_upload_and_see_the_file(
@@ -223,7 +130,7 @@ async def test_activate_set_password_upload_and_see_the_file(
 
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
-    watch = Watch(page, stack.gateway)
+    watch = PageWatch(page, stack.gateway)
 
     # Activate: the link opens the password form for the user name from the mail.
     await page.goto(link)
