@@ -260,12 +260,6 @@ def test_no_secret_in_plaintext_in_any_database(mesh: Mesh, flows: Flows) -> Non
     assert not findings, "\n".join(findings)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="portal: the access mail's body, with the raw activation link, stays in the mail "
-    "outbox (portal.sqlite3, and readable by staff at GET /mail/outbox/{id}) while the link is "
-    "valid; docs/portal.md says only its SHA-256 is stored. Owner: portal.",
-)
 def test_activation_link_is_not_kept_readable(mesh: Mesh, flows: Flows) -> None:
     assert flows.access_mail_id
     r = httpx.get(

@@ -1,13 +1,19 @@
 """Activation links: valid 30 minutes, single use, stored as a hash, forged ones refused; a new
 link by user name without revealing whether the name exists; the activation is recorded
-(checked + timestamp). On SQLite and PostgreSQL."""
+(checked + timestamp); the links never readable in the mail outbox (sealed until sent, shown
+redacted), and no start without MESH_SECRET_KEY. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import secrets
+from typing import Any
 
+import pytest
+from mesh_common.mail.sealing import unseal
+from mesh_common.secrets import SecretKeyMissing
 from portal_service import models
 from sqlalchemy import select
 
@@ -234,3 +240,85 @@ async def test_deactivated_account_cannot_activate_or_sign_in(rig: Rig) -> None:
         f"/accounts/{account['id']}", json={"status": "active"}, headers=STAFF
     )
     assert (await login(rig.browser(), "k-100")).status_code == 303
+
+
+async def _outbox_record(rig: Rig, mail_id: str, status: str | None = None) -> dict[str, Any]:
+    for _ in range(500):
+        r = await rig.client.get(f"/mail/outbox/{mail_id}", headers=STAFF)
+        assert r.status_code == 200, r.text
+        record: dict[str, Any] = r.json()
+        if status is None or record["status"] == status:
+            return record
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"mail {mail_id} did not become {status}")
+
+
+def _sqlite_bytes(rig: Rig) -> bytes:
+    return b"".join(p.read_bytes() for p in rig.tmp.rglob("*.sqlite3*"))
+
+
+async def test_activation_links_are_never_readable_in_the_outbox(any_rig: Rig) -> None:
+    """The access mail and a new-link mail carry their token to the customer, but the queue
+    keeps it only sealed until sent: staff see ``[redacted]``, no column holds it, and once the
+    mail is sent the sealed copy is gone."""
+    rig = any_rig
+    registered = await rig.register("P-1", client_data("K-100"))
+    (access,) = await rig.mails_to("k-100@kunde.example")
+    first_token = activation_link(access).split("token=")[1]
+    browser = rig.browser()
+    page = await browser.get("/public/request-link")
+    r = await browser.post(
+        "/public/request-link", data={"csrf": csrf_of(page.text), "username": "k-100"}
+    )
+    assert r.status_code == 200
+    renewal = (await rig.mails_to("k-100@kunde.example", 2))[1]
+    new_token = activation_link(renewal).split("token=")[1]
+
+    r = await rig.client.get(
+        "/mail/outbox", params={"category": "portal-activation-link"}, headers=STAFF
+    )
+    (listed,) = r.json()["items"]
+    for mail_id, token in ((registered["access_mail_id"], first_token), (listed["id"], new_token)):
+        record = await _outbox_record(rig, mail_id, "sent")
+        assert token not in str(record)
+        assert "activate?token=[redacted]" in record["text"]
+        assert "activate?token=[redacted]" in record["html"]
+        assert record["sealed"] is False  # sent: the sealed copy is erased
+    q = models.mail.queue
+    async with rig.portal.db.sessionmaker() as session:
+        rows = (await session.execute(select(q))).all()
+    assert len(rows) == 2 and all(row.sealed_content is None for row in rows)
+    assert not any(t in repr(tuple(row)) for row in rows for t in (first_token, new_token))
+    if rig.settings.database_url.startswith("sqlite"):
+        assert first_token.encode() not in _sqlite_bytes(rig)
+        assert new_token.encode() not in _sqlite_bytes(rig)
+    # The delivered links work.
+    assert (await set_password(rig.browser(), activation_link(renewal))).status_code == 303
+
+
+async def test_an_unsent_access_mail_shows_staff_no_link(
+    rig_factory: Any, clamd_server: Any
+) -> None:
+    """While the link is valid and the mail not yet sent (this replica only queues), the outbox
+    shows it redacted and says its content is sealed; the database holds no token."""
+    rig: Rig = await rig_factory(clamd_server, mail_sender_enabled=False)
+    registered = await rig.register("P-7", client_data("K-700"))
+    record = await _outbox_record(rig, registered["access_mail_id"])
+    assert record["status"] == "pending" and record["sealed"] is True
+    assert "activate?token=[redacted]" in record["text"]
+    q = models.mail.queue
+    async with rig.portal.db.sessionmaker() as session:
+        sealed = (await session.execute(select(q.c.sealed_content))).scalar_one()
+    # The seal holds the real link: it opens with the portal's key on this mail only.
+    assert rig.portal.box is not None
+    real = unseal(sealed, registered["access_mail_id"], rig.portal.box)
+    token = re.search(r"activate\?token=([A-Za-z0-9_-]{43})", real["text"])
+    assert token and token.group(1) not in _sqlite_bytes(rig).decode("latin-1")
+
+
+async def test_the_portal_does_not_start_without_a_secret_key(
+    rig_factory: Any, clamd_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MESH_SECRET_KEY", raising=False)
+    with pytest.raises(SecretKeyMissing, match="MESH_SECRET_KEY is not set"):
+        await rig_factory(clamd_server)

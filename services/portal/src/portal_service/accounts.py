@@ -172,7 +172,9 @@ async def send_access_mail(
     if copy_to:
         # The staff member who sends it manually gets a copy and the replies.
         fields.update(cc=copy_to, reply_to=copy_to)
-    mail_id = await mails.queue(portal, session, template, data, **fields)
+    # The token is the secret of the link (only its SHA-256 is stored): never in the queue in the
+    # clear, and never shown to staff in the outbox.
+    mail_id = await mails.queue(portal, session, template, data, sensitive=(raw,), **fields)
     await record_audit(
         session,
         portal.now(),

@@ -17,6 +17,7 @@ from mesh_common.mail import (
     template_router,
 )
 from mesh_common.middleware import BodyLimitMiddleware
+from mesh_common.secrets import SecretBox
 from mesh_common.tasks import task_hooks, task_router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -72,11 +73,21 @@ def create_app(
     *,
     clock: Clock | None = None,
     passwords: dict[str, Any] | None = None,
+    box: SecretBox | None = None,
 ) -> FastAPI:
     """``clock`` (epoch seconds) and ``passwords`` (Argon2 parameters: time_cost,
-    memory_cost_kib, parallelism) are for tests; production uses the defaults."""
+    memory_cost_kib, parallelism) are for tests; production uses the defaults. ``box`` seals
+    the activation links in queued mail; by default it is read from ``MESH_SECRET_KEY`` at
+    startup, and the start fails without it (links are never queued in the clear)."""
     settings = settings or Settings()
     holder: dict[str, ServiceRuntime] = {}
+    boxes: list[SecretBox] = [box] if box is not None else []
+
+    def secret_box() -> SecretBox:
+        if not boxes:
+            boxes.append(SecretBox.from_env())  # SecretKeyMissing (with a how-to) stops the start
+        return boxes[0]
+
     store = TemplateStore(models.templates, DEFAULT_TEMPLATES)
     registry = portal_tasks.build(
         holder,
@@ -87,7 +98,7 @@ def create_app(
     )
     handlers = bus_handlers.build(holder)
     start_tasks, stop_tasks = task_hooks(registry, models.tasks)
-    start_mail, stop_mail = mail_hooks(models.mail)
+    start_mail, stop_mail = mail_hooks(models.mail, box=secret_box)
     start_templates, stop_templates = template_hooks(store)
 
     async def start_portal(runtime: ServiceRuntime) -> None:
@@ -104,6 +115,7 @@ def create_app(
             outbox=runtime.outbox,
             clock=clock or time.time,
             metrics=PortalMetrics(runtime.metrics.registry),
+            box=secret_box(),
         )
         runtime.extras[EXTRAS_KEY] = portal
         if settings.environment == "production" and not settings.portal_public_url.startswith(

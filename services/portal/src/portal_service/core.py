@@ -2,8 +2,9 @@
 
 :class:`Portal` holds what the API, the pages, the bus handler and the tasks share: settings,
 database, the mail template store and queue tables, the file storage, the virus scanner client
-(None when none is configured), the password hasher and the clock (injectable for tests of
-expiry). This module must not contain HTTP or page code.
+(None when none is configured), the password hasher, the clock (injectable for tests of
+expiry) and the SecretBox (``MESH_SECRET_KEY``) that seals the activation links in queued
+mail. This module must not contain HTTP or page code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from mesh_common.app import ServiceRuntime
 from mesh_common.bus.outbox import Outbox
 from mesh_common.db import Database
 from mesh_common.mail import MailTables, TemplateStore
+from mesh_common.secrets import SecretBox
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -104,6 +106,8 @@ class Portal:
     clock: Clock = time.time
     metrics: PortalMetrics = field(default_factory=lambda: PortalMetrics(None))
     extras: dict[str, Any] = field(default_factory=dict)
+    # Seals the one-time activation links in queued mail (mails.queue(..., sensitive=...)).
+    box: SecretBox | None = None
 
     def now(self) -> float:
         return self.clock()

@@ -130,10 +130,14 @@ async def queue(
     data: dict[str, Any],
     **fields: Any,
 ) -> str:
-    """Render ``template`` with ``data`` and queue it in ``session``'s transaction."""
+    """Render ``template`` with ``data`` and queue it in ``session``'s transaction.
+
+    ``sensitive=(raw_token,)`` (the access and new-link mails) keeps the token out of the
+    queue: stored and shown to staff as ``[redacted]``, the real mail sealed with the portal's
+    SecretBox until it is sent (``mesh_common.mail.sealing``)."""
     rendered = await portal.store.render(template, data, session=session)
     mail: OutgoingMail = rendered.mail(category=template, **fields)
-    return await enqueue(session, portal.mail, mail)
+    return await enqueue(session, portal.mail, mail, box=portal.box)
 
 
 # ---------------------------------------------------------------------- default templates

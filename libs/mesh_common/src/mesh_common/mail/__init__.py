@@ -10,6 +10,8 @@
 - ``template_tables(metadata)`` and :class:`TemplateStore`: named, versioned templates (mails and
   parts such as signatures and layouts) in a Jinja2 sandbox, validated with sample data before
   activation, with an audit trail; ``template_router(store)`` for staff and admins.
+- ``OutgoingMail(sensitive=(token,))``: values stored and shown only as ``[redacted]``, the real
+  content sealed with the service's SecretBox until sent (:mod:`mesh_common.mail.sealing`).
 - :class:`MailSettings`: ``SMTP_*`` and ``MAIL_*`` environment variables, mixed into a service's
   settings. DDL for service migrations: :mod:`mesh_common.mail.migrations`.
 
@@ -23,7 +25,9 @@ from mesh_common.mail.message import build_message, message_id_for
 from mesh_common.mail.migrations import (
     create_mail_tables,
     mail_tables_downgrade_v1,
+    mail_tables_downgrade_v2,
     mail_tables_upgrade_v1,
+    mail_tables_upgrade_v2,
     template_tables_downgrade_v1,
     template_tables_upgrade_v1,
 )
@@ -37,6 +41,7 @@ from mesh_common.mail.queue import (
     enqueue,
 )
 from mesh_common.mail.rendering import RenderLimits, TemplateProblem
+from mesh_common.mail.sealing import REDACTED, redact
 from mesh_common.mail.sender import MailSender, SendError, classify
 from mesh_common.mail.settings import MailSettings
 from mesh_common.mail.tables import (
@@ -71,6 +76,7 @@ __all__ = [
     "FAILED",
     "MAX_MAIL_BYTES",
     "PENDING",
+    "REDACTED",
     "SENDING",
     "SENT",
     "Attachment",
@@ -107,9 +113,12 @@ __all__ = [
     "mail_router",
     "mail_tables",
     "mail_tables_downgrade_v1",
+    "mail_tables_downgrade_v2",
     "mail_tables_upgrade_v1",
+    "mail_tables_upgrade_v2",
     "message_id_for",
     "outbox_of",
+    "redact",
     "template_hooks",
     "template_router",
     "template_tables",

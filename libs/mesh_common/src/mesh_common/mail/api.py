@@ -3,7 +3,8 @@
 ``mail_router()`` is mounted by a service next to its own routers. The endpoints are thin: they
 call the service's :class:`~mesh_common.mail.queue.MailOutbox` (found by ``get_outbox``; by
 default ``app.state.mail_outbox`` or the one ``mail_hooks`` keeps in the runtime), whose domain
-errors become problem+json at the edge. Attachment bytes are never served. This module must not
+errors become problem+json at the edge. Attachment bytes and the sealed content of mail with
+sensitive values are never served (its bodies show them as ``[redacted]``). This module must not
 hold business logic or touch the database directly.
 """
 
@@ -66,7 +67,8 @@ def mail_router(
     @router.get("/outbox/{mail_id}", response_model=MailRecord)
     async def get_mail(mail_id: str, request: Request) -> MailRecord:
         """One mail with its bodies, headers, attempts and last error; attachments as
-        file name, type and size only."""
+        file name, type and size only. A mail with ``sealed: true`` named sensitive values
+        (e.g. a one-time link): they show as ``[redacted]`` here and are never served."""
         return await get_outbox(request).get(mail_id)
 
     @router.post("/outbox/{mail_id}/retry", response_model=MailRecord)

@@ -12,6 +12,8 @@ revision that calls these steps with its ``op``::
         mail_tables_downgrade_v1(op)
 
 (likewise ``template_tables_upgrade_v1`` / ``template_tables_downgrade_v1`` for templates).
+``mail_tables_upgrade_v2`` / ``mail_tables_downgrade_v2`` add and drop ``sealed_content`` (the
+sealed real content of mail naming sensitive values), in a later revision after ``_v1``.
 A step is frozen once released: a later change to the tables gets a new ``..._v2`` used by a new
 revision in each service, never an edit of an old one. A test checks that the tables these steps
 create are exactly the ones ``mail_tables()`` / ``template_tables()`` define.
@@ -91,6 +93,51 @@ def mail_tables_downgrade_v1(op: Operations) -> None:
     op.drop_index("ix_mesh_mail_queue_ref", table_name="mesh_mail_queue")
     op.drop_index("ix_mesh_mail_queue_due", table_name="mesh_mail_queue")
     op.drop_table("mesh_mail_queue")
+
+
+def _schema(op: Operations) -> str | None:
+    """The service's schema: ALTER TABLE is rendered by alembic itself, outside the connection's
+    ``schema_translate_map`` (which ``mesh_common.db.migrations`` sets on PostgreSQL)."""
+    translate = op.get_bind().get_execution_options().get("schema_translate_map") or {}
+    schema: str | None = translate.get(None)
+    return schema
+
+
+def mail_tables_upgrade_v2(op: Operations) -> None:
+    """Add ``mesh_mail_queue.sealed_content`` (nullable: existing mail has nothing sealed)."""
+    op.add_column(
+        "mesh_mail_queue",
+        sa.Column("sealed_content", sa.Text(), nullable=True),
+        schema=_schema(op),
+    )
+
+
+def mail_tables_downgrade_v2(op: Operations) -> None:
+    """Drop ``sealed_content``. Unsent mail that still has sealed content would go out with
+    ``[redacted]`` in place of its sensitive values: it is failed instead, with the reason."""
+    schema = _schema(op)
+    queue = sa.table(
+        "mesh_mail_queue",
+        sa.column("status", sa.String()),
+        sa.column("last_error", sa.Text()),
+        sa.column("locked_until", _Epoch),
+        sa.column("claimed_by", sa.String()),
+        sa.column("sealed_content", sa.Text()),
+        schema=schema,
+    )
+    op.execute(
+        queue.update()
+        .where(queue.c.sealed_content.is_not(None), queue.c.status.in_(("pending", "sending")))
+        .values(
+            status="failed",
+            locked_until=None,
+            claimed_by=None,
+            last_error="its sealed content was dropped by a schema downgrade; queue it again",
+        )
+    )
+    # A plain ALTER TABLE ... DROP COLUMN (SQLite 3.35+), never a batch copy of the table: with
+    # SQLite's foreign keys on, dropping the old table would cascade to the attachments.
+    op.drop_column("mesh_mail_queue", "sealed_content", schema=schema)
 
 
 def template_tables_upgrade_v1(op: Operations) -> None:

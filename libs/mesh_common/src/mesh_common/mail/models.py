@@ -16,6 +16,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from mesh_common.mail.sealing import redact
+
 # A mail whose parts add up to more than this is refused when built (most servers cap at 25-50 MB
 # after base64, which adds a third).
 MAX_MAIL_BYTES = 20 * 1024 * 1024
@@ -118,6 +120,12 @@ class OutgoingMail(BaseModel):
 
     Addresses may be given as one string or a list; ``from_address`` overrides ``MAIL_FROM``.
     ``text`` is required (every mail has a plain-text part); ``html`` adds an HTML alternative.
+
+    ``sensitive`` names values in the subject, bodies or header values that must never be stored
+    or shown in the clear (a one-time activation token): the queue keeps them replaced by
+    ``[redacted]`` and the real content sealed with the service's SecretBox until it is sent
+    (see :mod:`mesh_common.mail.sealing`). They are never sent as a field, and the repr shows
+    the mail redacted.
     """
 
     model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
@@ -134,12 +142,15 @@ class OutgoingMail(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     category: Annotated[str, Field(min_length=1, max_length=100)] = "general"
     ref: Annotated[str, Field(max_length=200)] | None = None
+    sensitive: Annotated[tuple[str, ...], Field(max_length=20, repr=False)] = ()
 
     @model_validator(mode="after")
     def _check(self) -> OutgoingMail:
         if not (self.to or self.cc or self.bcc):
             raise ValueError("a mail needs at least one recipient (to, cc or bcc)")
         _no_line_breaks(self.subject, "the subject")
+        if any(not value.strip() for value in self.sensitive):
+            raise ValueError("a sensitive value must not be empty")
         for name, value in self.headers.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"not a valid header name: {name!r}")
@@ -154,6 +165,15 @@ class OutgoingMail(BaseModel):
         if size > MAX_MAIL_BYTES:
             raise ValueError(f"the mail is {size} bytes; at most {MAX_MAIL_BYTES} are allowed")
         return self
+
+    def __repr_args__(self) -> Any:
+        # A mail logged or printed by mistake shows its sensitive values redacted.
+        for name, value in super().__repr_args__():
+            if self.sensitive and name in ("subject", "text", "html") and isinstance(value, str):
+                value = redact(value, self.sensitive)
+            elif self.sensitive and name == "headers":
+                value = {k: redact(v, self.sensitive) for k, v in self.headers.items()}
+            yield name, value
 
     @property
     def envelope_recipients(self) -> list[str]:

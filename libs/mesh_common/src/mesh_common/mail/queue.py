@@ -9,7 +9,13 @@ service's senders are woken in-process; other replicas find the mail on their ne
 Claiming is safe with several replicas: on PostgreSQL with ``FOR UPDATE SKIP LOCKED``, elsewhere
 with a conditional ``UPDATE`` that only one writer can win. A claimed row carries a lease
 (``locked_until``); a replica that dies while sending loses the row to another after it expires,
-which counts as another attempt. This module must not talk SMTP or commit a caller's transaction.
+which counts as another attempt.
+
+A mail naming ``sensitive`` values is stored redacted with its real content sealed
+(:mod:`mesh_common.mail.sealing`): ``enqueue`` needs the service's SecretBox for it, the sender's
+outbox opens the seal when it claims the mail, and ``mark_sent`` erases the sealed copy. Staff
+views only ever read the redacted columns. This module must not talk SMTP or commit a caller's
+transaction.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from mesh_common.db import Database
 from mesh_common.errors import Conflict, NotFound
 from mesh_common.mail.models import Attachment, OutgoingMail
+from mesh_common.mail.sealing import seal, unseal
 from mesh_common.mail.tables import FAILED, PENDING, SENDING, SENT, MailTables
+from mesh_common.secrets import SecretBox, SecretsError
 
 Executor = AsyncSession | AsyncConnection
 log = logging.getLogger("mesh.mail")
@@ -57,13 +65,17 @@ async def enqueue(
     mail: OutgoingMail,
     *,
     not_before: datetime | None = None,
+    box: SecretBox | None = None,
 ) -> str:
     """Queue ``mail`` in ``conn``'s transaction; returns the mail's id (``/mail/outbox/{id}``).
 
-    Nothing is sent before the caller commits. ``not_before`` delays the first attempt.
+    Nothing is sent before the caller commits. ``not_before`` delays the first attempt. A mail
+    with ``sensitive`` values needs ``box`` (the service's SecretBox): they are stored redacted
+    and the real content sealed; without a box this raises rather than store them in the clear.
     """
     now = time.time()
     mail_id = str(uuid.uuid4())
+    stored = seal(mail, mail_id, box)
     await conn.execute(
         tables.queue.insert().values(
             id=mail_id,
@@ -75,10 +87,11 @@ async def enqueue(
             cc_addresses=list(mail.cc),
             bcc_addresses=list(mail.bcc),
             reply_to=list(mail.reply_to),
-            subject=mail.subject,
-            text_body=mail.text,
-            html_body=mail.html,
-            headers=dict(mail.headers),
+            subject=stored.subject,
+            text_body=stored.text,
+            html_body=stored.html,
+            headers=stored.headers,
+            sealed_content=stored.token,
             message_id=None,
             attempts=0,
             next_attempt_at=_epoch(not_before, now),
@@ -144,7 +157,9 @@ class AttachmentInfo(BaseModel):
 
 
 class MailSummary(BaseModel):
-    """One queued mail as listed (no bodies)."""
+    """One queued mail as listed (no bodies). ``sealed``: the mail named sensitive values; its
+    subject and bodies here show them as ``[redacted]`` and the real content is kept encrypted
+    until it is sent."""
 
     id: str
     status: str
@@ -157,6 +172,7 @@ class MailSummary(BaseModel):
     last_error: str | None
     created_at: datetime
     sent_at: datetime | None
+    sealed: bool = False
 
 
 class MailRecord(MailSummary):
@@ -174,7 +190,7 @@ class MailRecord(MailSummary):
     attachments: list[AttachmentInfo]
 
 
-def _summary_fields(row: Any) -> dict[str, Any]:
+def _summary_fields(row: Any, *, sealed: bool) -> dict[str, Any]:
     return {
         "id": row.id,
         "status": row.status,
@@ -187,6 +203,7 @@ def _summary_fields(row: Any) -> dict[str, Any]:
         "last_error": row.last_error,
         "created_at": _ts(row.created_at),
         "sent_at": _ts(row.sent_at),
+        "sealed": sealed,
     }
 
 
@@ -211,9 +228,11 @@ class QueueStats:
 class MailOutbox:
     """Queries and state changes on one service's mail queue (its own transactions)."""
 
-    def __init__(self, db: Database, tables: MailTables) -> None:
+    def __init__(self, db: Database, tables: MailTables, box: SecretBox | None = None) -> None:
+        """``box`` opens sealed mail when the sender claims it (see :mod:`.sealing`)."""
         self.db = db
         self.tables = tables
+        self.box = box
         self._skip_locked = db.is_postgres
 
     # ------------------------------------------------------------------ staff views
@@ -249,6 +268,7 @@ class MailOutbox:
             q.c.last_error,
             q.c.created_at,
             q.c.sent_at,
+            q.c.sealed_content.is_not(None).label("is_sealed"),
         ]
         page = select(*columns).order_by(q.c.created_at.desc(), q.c.id).limit(limit).offset(offset)
         count = select(func.count()).select_from(q)
@@ -257,7 +277,8 @@ class MailOutbox:
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(page)).all()
             total = (await conn.execute(count)).scalar_one()
-        return [MailSummary(**_summary_fields(r)) for r in rows], int(total)
+        items = [MailSummary(**_summary_fields(r, sealed=bool(r.is_sealed))) for r in rows]
+        return items, int(total)
 
     async def get(self, mail_id: str) -> MailRecord:
         q, a = self.tables.queue, self.tables.attachments
@@ -273,7 +294,7 @@ class MailOutbox:
                 )
             ).all()
         return MailRecord(
-            **_summary_fields(row),
+            **_summary_fields(row, sealed=row.sealed_content is not None),
             from_address=row.from_address,
             cc=list(row.cc_addresses or []),
             bcc=list(row.bcc_addresses or []),
@@ -455,8 +476,27 @@ class MailOutbox:
             )
         return out
 
-    @staticmethod
-    def _claimed(row: Row[Any], attachments: list[Attachment]) -> ClaimedMail:
+    def _claimed(self, row: Row[Any], attachments: list[Attachment]) -> ClaimedMail:
+        content: dict[str, Any] = {
+            "subject": row.subject,
+            "text": row.text_body,
+            "html": row.html_body,
+            "headers": row.headers or {},
+        }
+        if row.sealed_content is not None:
+            try:
+                content.update(unseal(row.sealed_content, row.id, self.box))
+            except SecretsError as exc:
+                # Failed, not sent redacted; the sealed copy stays for a retry once the key is
+                # there. The message names no key material and no content.
+                return ClaimedMail(
+                    row.id,
+                    row.attempts,
+                    row.message_id,
+                    row.category,
+                    None,
+                    f"sealed content cannot be opened: {exc}",
+                )
         try:
             mail = OutgoingMail(
                 to=row.to_addresses,
@@ -464,18 +504,19 @@ class MailOutbox:
                 bcc=row.bcc_addresses,
                 reply_to=row.reply_to,
                 from_address=row.from_address,
-                subject=row.subject,
-                text=row.text_body,
-                html=row.html_body,
                 attachments=attachments,
-                headers=row.headers or {},
                 category=row.category,
                 ref=row.ref,
+                **content,
             )
         except ValueError as exc:
-            return ClaimedMail(
-                row.id, row.attempts, row.message_id, row.category, None, f"invalid mail: {exc}"
+            # pydantic quotes the input in its message: never the content of a sealed mail.
+            reason = (
+                "invalid mail (sealed content, details withheld)"
+                if row.sealed_content is not None
+                else f"invalid mail: {exc}"
             )
+            return ClaimedMail(row.id, row.attempts, row.message_id, row.category, None, reason)
         return ClaimedMail(row.id, row.attempts, row.message_id, row.category, mail)
 
     async def _finish(self, mail_id: str, holder: str, **values: Any) -> bool:
@@ -501,6 +542,7 @@ class MailOutbox:
             updated_at=now,
             message_id=message_id,
             last_error=note,
+            sealed_content=None,  # sent: the real content is not kept any longer
         )
 
     async def mark_retry(

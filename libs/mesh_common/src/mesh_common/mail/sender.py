@@ -12,6 +12,11 @@ Each cycle it fails mail lost by a dead replica in its last attempt, claims due 
   exponential backoff (``MAIL_BACKOFF_SECONDS`` doubling up to ``MAIL_BACKOFF_MAX_SECONDS``),
   ``failed`` after ``MAIL_MAX_ATTEMPTS``.
 
+Sealed mail (one naming sensitive values, see :mod:`mesh_common.mail.sealing`) is opened with
+the sender's SecretBox just before it is sent; without the key, or with a key that does not open
+it, it fails with that reason and keeps its sealed copy for a retry. Once sent, the sealed copy
+is erased.
+
 Failed mail stays visible in the outbox until staff retry it. Delivery is at-least-once: a
 replica dying after the server accepted a mail but before recording it sends it again with the
 same Message-ID. It wakes at once when mail is queued in-process and otherwise polls. The SMTP
@@ -42,6 +47,7 @@ from mesh_common.mail.models import OutgoingMail, addr_spec
 from mesh_common.mail.queue import ClaimedMail, MailOutbox
 from mesh_common.mail.settings import MailSettings
 from mesh_common.mail.tables import STATUSES, MailTables
+from mesh_common.secrets import SecretBox
 
 log = logging.getLogger("mesh.mail")
 
@@ -132,9 +138,11 @@ class MailSender:
         holder: str | None = None,
         stop_grace_seconds: float = 10.0,
         purge_interval_seconds: float = 3600.0,
+        box: SecretBox | None = None,
     ) -> None:
+        """``box``: the service's SecretBox, needed to send mail queued with sensitive values."""
         self.settings = settings
-        self.outbox = MailOutbox(db, tables)
+        self.outbox = MailOutbox(db, tables, box)
         self.tables = tables
         self.metrics = MailMetrics.for_registry(registry)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -89,6 +89,9 @@ def mail_tables(metadata: MetaData) -> MailTables:
         Column("created_at", _Epoch, nullable=False),
         Column("updated_at", _Epoch, nullable=False),
         Column("sent_at", _Epoch, nullable=True),
+        # A mail naming sensitive values: its real subject, bodies and headers as a SecretBox
+        # token bound to the id (the columns above hold them redacted); erased once sent.
+        Column("sealed_content", Text, nullable=True),
     )
     Index("ix_mesh_mail_queue_due", queue.c.status, queue.c.next_attempt_at)
     Index("ix_mesh_mail_queue_ref", queue.c.category, queue.c.ref)

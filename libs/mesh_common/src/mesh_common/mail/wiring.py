@@ -6,7 +6,10 @@ service's :class:`MailSender` on the runtime's database and metrics registry and
 ``runtime.extras["mail_sender"]``, where :func:`~mesh_common.mail.api.mail_router` finds it.
 ``template_hooks(store)`` binds a :class:`TemplateStore` to the runtime's database and seeds the
 service's default templates. Settings come from the service's own settings (which mix in
-:class:`MailSettings`) unless given. This module must not create tables.
+:class:`MailSettings`) unless given. A service that queues mail with sensitive values passes
+``box`` (its SecretBox, or a factory such as ``SecretBox.from_env``): it is resolved when the
+service starts, so a missing ``MESH_SECRET_KEY`` stops the start instead of surfacing later as
+failed mail. This module must not create tables.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from mesh_common.mail.sender import MailSender
 from mesh_common.mail.settings import MailSettings
 from mesh_common.mail.tables import MailTables
 from mesh_common.mail.templates import TemplateStore
+from mesh_common.secrets import SecretBox
 
 SENDER_KEY = "mail_sender"
 OUTBOX_KEY = "mail_outbox"
@@ -49,16 +53,29 @@ def _settings_of(runtime: RuntimeLike, settings: MailSettings | None) -> MailSet
 
 
 def mail_hooks(
-    tables: MailTables, *, settings: MailSettings | None = None, **sender_options: Any
+    tables: MailTables,
+    *,
+    settings: MailSettings | None = None,
+    box: SecretBox | Callable[[], SecretBox] | None = None,
+    **sender_options: Any,
 ) -> tuple[RuntimeHook, RuntimeHook]:
     """``(on_startup, on_shutdown)`` hooks for ``create_service_app``; ``sender_options`` go to
     :class:`MailSender` (holder, stop_grace_seconds, ...). With ``MAIL_SENDER_ENABLED=false``
-    the replica only queues mail (and serves the outbox API); another one sends."""
+    the replica only queues mail (and serves the outbox API); another one sends. ``box`` (or a
+    factory, called at startup; ``SecretKeyMissing`` there fails the start) opens sealed mail."""
 
     async def start(runtime: RuntimeLike) -> None:
         mail_settings = _settings_of(runtime, settings)
         registry = getattr(getattr(runtime, "metrics", None), "registry", None)
-        sender = MailSender(runtime.db, tables, mail_settings, registry=registry, **sender_options)
+        secret_box = box if box is None or isinstance(box, SecretBox) else box()
+        sender = MailSender(
+            runtime.db,
+            tables,
+            mail_settings,
+            registry=registry,
+            box=secret_box,
+            **sender_options,
+        )
         runtime.extras[OUTBOX_KEY] = sender.outbox
         if mail_settings.mail_sender_enabled:
             await sender.start()
