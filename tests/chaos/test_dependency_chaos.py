@@ -1,10 +1,13 @@
 """Faults of the systems around the services, under a stream of work: the virus scanner (clamd)
-stopped while files are uploaded to the portal, and the Schulconnex server answering 503,
-timing out after it applied a write, and being unavailable for a whole run.
+stopped while files are uploaded to the portal; the Schulconnex server answering 503,
+timing out after it applied a write, and being unavailable for a whole run; the mail server
+(Dovecot: IMAP and the MTA's delivery target) stopped while room-mailbox invitations are sent
+and replies wait to be read.
 
 The services run in-process on SQLite here (their behaviour towards these dependencies does not
-depend on the topology); the dependencies are real: clamd with the project's configuration,
-the Schulconnex fake over real HTTP with its fault injection. Counted into the chaos report.
+depend on the topology); the dependencies are real: clamd and Dovecot with the project's
+configurations, the Schulconnex fake over real HTTP with its fault injection. Counted into the
+chaos report.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,6 +32,7 @@ from coursedb import schema as cdb
 from coursedb.engine import create_engine, create_schema
 from mesh_common.auth import mint_token
 from mesh_common.testing.clamd import ClamdServer, eicar, require_clamd
+from mesh_common.testing.dovecot import DovecotServer, SmtpRelay, require_dovecot
 from mesh_common.testing.smtp import SmtpCapture
 from pydantic import SecretStr
 from sqlalchemy import insert
@@ -382,3 +387,234 @@ async def test_schulconnex_503_timeouts_and_outage_retry_bounded_and_recover(
     assert count.lost == 0 and count.duplicated == 0, count
     assert count.retries >= 8, count  # the bursts were retried, not skipped
     assert not fake.violations, fake.violations[:3]
+
+
+# ------------------------------------------------------------------------------ Dovecot (IMAP)
+
+
+async def test_imap_down_while_invitations_are_processed_bounded_visible_and_nothing_lost(
+    tmp_path: Path, chaos_report: ChaosReport
+) -> None:
+    """mailbox-invites with Dovecot stopped in the middle of a MailboxProcessor run (after 30
+    of 120 invitations reached the room mailboxes) while 40 replies wait in the technical user's
+    inbox: the run says so (partially succeeded: sends refused by the MTA, the inbox not
+    reachable), a run during the outage fails with the same reasons and counts one attempt per
+    invitation, and once Dovecot is back every invitation goes out and every reply is applied."""
+    require_dovecot()
+    from mailbox_invites_service.app import create_app
+    from mailbox_invites_service.responder import AutoAcceptResponder
+    from mailbox_invites_service.settings import Settings
+
+    scenario, fault = "imap-down", "Dovecot stopped mid-run with replies pending, started again"
+    started = time.monotonic()
+    admin, staff = bearer("admin"), bearer("staff")
+    first, second, cut_after, rooms = 40, 120, 30, 4
+    seen: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = []
+
+    with DovecotServer() as dovecot, SmtpRelay(dovecot) as relay:
+        settings = Settings(
+            var_dir=tmp_path, mesh_jwt_secret=SecretStr(SECRET), processor_interval_seconds=3600
+        )
+        app = create_app(settings)
+        async with serve(app) as client:
+            runner = app.state.runtime.extras["task_runner"]
+
+            async def call(method: str, url: str, expect: int = 200, **kw: Any) -> Any:
+                r = await client.request(method, url, **kw)
+                assert r.status_code == expect, f"{method} {url}: {r.status_code} {r.text}"
+                return r.json()
+
+            async def run() -> dict[str, Any]:
+                started = await call(
+                    "POST", "/tasks/mailbox-processor/run", 202, json={}, headers=staff
+                )
+                ex = await runner.wait(started["execution_id"], within=60)
+                items = await call(
+                    "GET",
+                    f"/tasks/executions/{ex['id']}/items",
+                    params={"outcome": "failed", "limit": 1000},
+                    headers=staff,
+                )
+                runs.append({"execution": ex, "failed": items})
+                return ex
+
+            async def statuses() -> Counter[str]:
+                out: Counter[str] = Counter()
+                for box in await call("GET", "/mailboxes", headers=staff):
+                    out.update(box["invitations"])
+                return out
+
+            tech = dovecot.add_user("raumbuchung@vhs.chaos.test")
+            user = await call(
+                "POST",
+                "/technical-users",
+                201,
+                headers=admin,
+                json={
+                    "name": "raumbuchung",
+                    "display_name": "Raumbuchung",
+                    "email": tech.address,
+                    "smtp": {
+                        "host": "127.0.0.1",
+                        "port": relay.port,
+                        "security": "starttls",
+                        "username": tech.address,
+                        "password": tech.password,
+                    },
+                    "imap": {
+                        "host": "127.0.0.1",
+                        "port": dovecot.imap_port,
+                        "security": "starttls",
+                        "username": tech.address,
+                        "password": tech.password,
+                    },
+                    "tls_ca_pem": dovecot.ca_pem,
+                    "timeout_seconds": 3,
+                },
+            )
+            responders = []
+            for m in range(rooms):
+                room = dovecot.add_user(f"raum-{m}@rooms.chaos.test")
+                await call("PUT", f"/rooms/r-{m}", headers=admin, json={"name": f"Raum {m}"})
+                await call(
+                    "POST",
+                    "/mailboxes",
+                    201,
+                    headers=admin,
+                    json={
+                        "room_id": f"r-{m}",
+                        "email": room.address,
+                        "technical_user_id": user["id"],
+                    },
+                )
+                responders.append(
+                    AutoAcceptResponder(room.address, room.password, dovecot.imap_port, relay.port)
+                )
+            base = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+            async def book(numbers: range) -> None:
+                for i in numbers:
+                    starts = base + dt.timedelta(days=1 + i // 8, hours=8 + i % 8)
+                    await call(
+                        "PUT",
+                        f"/events/ev-{i}",
+                        headers=bearer("service"),
+                        json={
+                            "room_id": f"r-{i % rooms}",
+                            "title": f"Kurs {i}",
+                            "starts_at": starts.isoformat(),
+                            "ends_at": (starts + dt.timedelta(minutes=90)).isoformat(),
+                        },
+                    )
+
+            received: Counter[tuple[str, int]] = Counter()
+
+            async def rooms_answer() -> int:
+                got = [r for one in responders for r in await one.process()]
+                received.update((r.uid, r.sequence) for r in got)
+                return len(got)
+
+            # 1. Before the fault: 40 invitations sent and answered; the 40 replies wait in
+            #    the technical user's inbox (not read yet).
+            await book(range(first))
+            assert (await run())["status"] == "succeeded", runs[-1]
+            assert await rooms_answer() == first
+            await eventually(
+                lambda: len(dovecot.stored_messages(tech.address)) == first, timeout=10
+            )
+
+            # 2. 120 more; Dovecot is stopped from inside the MTA once 30 of them were delivered
+            #    (the rest of the run meets an MTA whose LMTP target is gone, then no IMAP).
+            await book(range(first, first + second))
+            deliver, lock = relay.handler._deliver, threading.Lock()
+            delivered = [0]
+
+            def deliver_then_cut(sender: str, recipients: list[str], content: bytes) -> None:
+                deliver(sender, recipients, content)
+                with lock:
+                    delivered[0] += 1
+                    if delivered[0] == cut_after:
+                        dovecot.stop()
+
+            relay.handler._deliver = deliver_then_cut  # type: ignore[method-assign]
+            outage = time.monotonic()
+            cut_run = await run()
+            relay.handler._deliver = deliver  # type: ignore[method-assign]
+            assert not dovecot.running
+            seen["cut_run"] = cut_run["status"]
+            during = await statuses()
+            seen["statuses_after_cut_run"] = dict(during)
+
+            # 3. A run during the outage: everything fails, visibly, one attempt each.
+            down_run = await run()
+            seen["down_run"] = down_run["status"]
+            seen["down_run_error"] = down_run["error"]
+            waiting = await call(
+                "GET", "/invitations", params={"status": "pending", "limit": 1000}, headers=staff
+            )
+            seen["attempts_during_outage"] = dict(Counter(i["attempts"] for i in waiting))
+            seen["last_errors"] = sorted({i["last_error"] for i in waiting})
+
+            # 4. Dovecot back (same maildirs): the rest goes out, the waiting replies are read.
+            await asyncio.to_thread(dovecot.start)
+            seen["down_seconds"] = round(time.monotonic() - outage, 1)
+            recovery = await run()
+            seen["recovery_run"] = recovery["status"]
+            assert await rooms_answer() >= second  # a duplicate delivery is answered too
+            last = await run()
+            seen["last_run"] = last["status"]
+            final = await statuses()
+            in_inbox = len(dovecot.stored_messages(tech.address))
+            processed = len(dovecot.stored_messages(tech.address, "edumesh-processed"))
+            ignored = len(dovecot.stored_messages(tech.address, "edumesh-ignored"))
+
+    failed_items = [(r["execution"]["status"], i) for r in runs for i in r["failed"]]
+    send_failures = [i for _, i in failed_items if i["record_key"].startswith("invitation:")]
+    read_failures = [i for _, i in failed_items if i["record_key"].startswith("mailbox:")]
+    total = first + second
+    count = chaos_report.add(
+        StreamCount(
+            scenario=scenario,
+            stream="room-mailbox invitations",
+            fault=fault,
+            sent=total,
+            acknowledged=len(received),  # distinct (UID, SEQUENCE) delivered to a room mailbox
+            lost=total - final["accepted"],
+            duplicated=sum(n - 1 for n in received.values()),
+            dead_lettered=final["error"],
+            effects=final["accepted"],
+            retries=len(send_failures) + len(read_failures),
+            seconds=round(time.monotonic() - started, 1),
+            notes={
+                **seen,
+                "replies_processed": processed,
+                "mail_left_in_inbox": in_inbox,
+                "mail_set_aside": ignored,
+                "failed_sends": len(send_failures),
+                "failed_inbox_reads": len(read_failures),
+                "send_errors": dict(Counter(i["error"] for i in send_failures)),
+            },
+        )
+    )
+    # Visible: the cut run partially succeeded, the run during the outage failed; both name
+    # the causes per item (the MTA's refusal, the unreachable IMAP server).
+    assert cut_run["status"] == "partially_succeeded", runs[1]
+    assert down_run["status"] == "failed" and down_run["error"], down_run
+    imap_down = f"IMAP: cannot connect to 127.0.0.1:{dovecot.imap_port}: connection refused"
+    for r in runs[1:3]:
+        reads = [i for i in r["failed"] if i["record_key"].startswith("mailbox:")]
+        assert [i["error"] for i in reads] == [imap_down], r["failed"][-3:]
+        sends = [i for i in r["failed"] if i["record_key"].startswith("invitation:")]
+        # The MTA answers 451 while its delivery target is gone (a session it drops as
+        # Dovecot goes down can also fail a message: still an SMTP error, still one attempt).
+        assert sends and all(i["error"].startswith("SMTP: ") for i in sends), sends[:2]
+        assert any("451 4.3.0 local delivery failed" in i["error"] for i in sends), sends[:2]
+    # Bounded: one attempt per invitation per run, nobody near the limit of 5, none in error.
+    assert set(seen["attempts_during_outage"]) <= {1, 2}, seen
+    assert during["sent"] >= cut_after and during["pending"] > 0, during
+    # Recovered, nothing lost: every invitation accepted, every reply processed, the inbox empty.
+    assert seen["recovery_run"] == "succeeded" and seen["last_run"] == "succeeded", runs[-2:]
+    assert final == Counter({"accepted": total}), final
+    assert count.lost == 0 and count.dead_lettered == 0, count
+    assert in_inbox == 0 and ignored == 0 and processed == total + count.duplicated, count

@@ -10,14 +10,19 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import icalendar
+import pytest
+from asgi_lifespan import LifespanManager
+from mailbox_invites_service.app import create_app
 from mailbox_invites_service.responder import Received
 from mesh_common.testing.dovecot import DovecotServer, SmtpRelay
 
-from .conftest import STAFF, Api, configure, future
+from .conftest import STAFF, Api, configure, future, make_settings
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -456,3 +461,36 @@ async def test_dry_run_sends_and_moves_nothing(
 
 def _ids(rows: list[dict[str, Any]]) -> list[int]:
     return [r["id"] for r in rows]
+
+
+async def test_sessions_are_reused_a_bounded_number_of_times(
+    tmp_path: Path, dovecot: DovecotServer, smtp: SmtpRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10 invitations over 2 parallel sessions of at most 3 messages each: 4 SMTP sessions
+    (3 + 2 per lane), every invitation delivered once."""
+    from mailbox_invites_service import processor
+
+    opened: list[str] = []
+    real = processor.smtp_session
+
+    def counting(account: Any) -> Any:
+        opened.append(account.name)
+        return real(account)
+
+    monkeypatch.setattr(processor, "smtp_session", counting)
+    app = create_app(make_settings(tmp_path, smtp_sessions=2, smtp_messages_per_session=3))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://mi"
+        ) as client,
+    ):
+        api = Api(client, app.state.runtime)
+        boxes = await configure(api, dovecot, smtp)
+        for n in range(10):
+            await api.put_event(f"bulk-{n}", title=f"Kurs {n}")
+        ex = await api.run_processor()
+        assert ex["status"] == "succeeded" and ex["counts"]["succeeded"] == 10, ex
+    assert len(opened) == 4, opened
+    got = await boxes.responder.process()
+    assert len(got) == 10 and len({g.uid for g in got}) == 10

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -156,6 +158,25 @@ def test_message_structure_and_subjects() -> None:
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")
     parsed = itip.parse_mail(raw)
     assert [(e.method, e.uid, e.sequence) for e in parsed.events] == [("REQUEST", "abc@test", 3)]
+    # The non-ASCII subject is RFC 2047 Q-encoded and reads back exactly (a strict reader).
+    assert b"Subject: =?utf-8?q?Aktualisiert=3A_T=C3=B6pfern" in raw
+    strict = email.message_from_bytes(raw, policy=email.policy.default)
+    assert strict["Subject"] == "Aktualisiert: Töpfern für Fortgeschrittene (28.03.2027 03:30)"
+
+
+@pytest.mark.parametrize("method", ["REQUEST", "CANCEL"])
+def test_to_ical_with_the_cached_vtimezone_is_byte_identical(method: itip.Method) -> None:
+    long = "Überlänge " * 30 + "\nzweite Zeile; mit, Sonderzeichen"
+    for cal in (build(method), build(method, description=long, title="Ä" * 90)):
+        assert itip.to_ical(cal) == cal.to_ical()
+    # Another year: another (cached) VTIMEZONE, also identical.
+    later = build(
+        method,
+        starts_at=dt.datetime(2031, 7, 1, 8, tzinfo=dt.UTC),
+        ends_at=dt.datetime(2031, 7, 1, 9, tzinfo=dt.UTC),
+    )
+    assert itip.to_ical(later) == later.to_ical()
+    assert b"TZID:Europe/Berlin" in itip.to_ical(later)
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from mailbox_invites_service import itip
+from mailbox_invites_service.app import create_app
 from mailbox_invites_service.models import invitations, technical_users
 from mailbox_invites_service.service import Invites
 from mailbox_invites_service.settings import Settings
@@ -25,7 +32,7 @@ from mesh_contracts.mailbox_invites import (
 from pydantic import BaseModel
 from sqlalchemy import select, update
 
-from .conftest import ADMIN, BOOKING, STAFF, Api, future
+from .conftest import ADMIN, BOOKING, STAFF, Api, future, make_settings
 
 TECH = {
     "name": "raumbot",
@@ -115,7 +122,7 @@ async def test_missing_secret_key_is_a_clear_503(svc: Api, monkeypatch: pytest.M
     ("body", "where"),
     [
         ({**TECH, "smtp": {**TECH["smtp"], "password": None}}, "smtp"),
-        ({**TECH, "imap": {**TECH["imap"], "security": "starttls"}}, "security"),
+        ({**TECH, "imap": {**TECH["imap"], "security": "ssl"}}, "security"),
         ({**TECH, "email": "not-an-address"}, "email"),
         ({**TECH, "imap": {**TECH["imap"], "folder": 'In"box'}}, "folder"),
         (
@@ -330,6 +337,140 @@ async def test_sequence_survives_a_change_during_sending(svc: Api) -> None:
     async with svc.runtime.db.unit_of_work() as s:
         inv = await invites(s).mark_sent(first, message_id="<c@t>", ics="X", server_reply="250")
     assert (inv["status"], inv["method"], inv["sequence"]) == ("pending", "CANCEL", 1)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for the service's database: SQLite (the default) or PostgreSQL (own schema)."""
+    if request.param == "sqlite":
+        return {}
+    pg_url = request.getfixturevalue("pg_url")
+    return {"database_url": pg_url, "db_schema": f"mi_{uuid.uuid4().hex[:6]}"}
+
+
+@pytest.fixture
+async def svc_db(tmp_path: Path, database: dict[str, Any]) -> AsyncIterator[Api]:
+    """The service on the ``database`` given, with the in-memory bus."""
+    app = create_app(make_settings(tmp_path, **database))
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://mi"
+        ) as client,
+    ):
+        yield Api(client, app.state.runtime)
+
+
+async def test_batched_recording_and_replies_match_one_at_a_time(svc_db: Api) -> None:
+    """The MailboxProcessor records sends and applies replies in batches (one executemany
+    UPDATE each): the outcome must be what one at a time gives — an unchanged invitation
+    becomes sent (or keeps the answer it already has for this SEQUENCE), one changed on the wire
+    stays queued and is re-judged, a CANCEL becomes cancelled; replies to one invitation in one
+    batch apply in order. On SQLite and on PostgreSQL."""
+    svc = svc_db
+    settings = svc.runtime.settings
+    assert isinstance(settings, Settings)
+    box = await mailbox(svc)
+    outbox = svc.runtime.outbox.table
+
+    def invites(session: Any) -> Invites:
+        return Invites(
+            session,
+            settings=settings,
+            now=dt.datetime.now(dt.UTC),
+            actor="t",
+            outbox=svc.runtime.outbox,
+            box=svc.runtime.extras["secret_box"],
+            buffer_log=True,
+        )
+
+    async def record(pending: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        async with svc.runtime.db.unit_of_work() as s:
+            inv = invites(s)
+            rows = await inv.mark_sent_many(
+                [(p, f"<{p['id']}.{p['version']}@t>", "ICS", "250 ok") for p in pending]
+            )
+            await inv.flush_log()
+        return {r["event_id"]: r for r in rows}
+
+    def reply(uid: str, partstat: str, minute: int, sequence: int = 0) -> itip.ItipEvent:
+        return itip.ItipEvent(
+            method="REPLY",
+            uid=uid,
+            sequence=sequence,
+            dtstamp=dt.datetime(2030, 1, 1, 12, minute, tzinfo=dt.UTC),
+            attendees=(itip.AttendeeReply(box["email"], partstat),),
+        )
+
+    async def status_events() -> list[tuple[int, str]]:
+        async with svc.runtime.db.engine.connect() as conn:
+            rows = await conn.execute(
+                select(outbox.c.body)
+                .where(outbox.c.type == InvitationStatusChanged.__message_type__)
+                .order_by(outbox.c.id)
+            )
+            bodies = [json.loads(r.body) for r in rows]
+        return [(b["invitation_id"], b["status"]) for b in bodies]
+
+    for n in range(4):
+        await svc.put_event(f"b-{n}", room_id="r-1", title=f"Kurs {n}")
+    async with svc.runtime.db.unit_of_work() as s:
+        first = await invites(s).pending(10)
+    sent = await record(first)
+    assert {e: r["status"] for e, r in sent.items()} == {f"b-{n}": "sent" for n in range(4)}
+    uid = {e: r["uid"] for e, r in sent.items()}
+    ids = {e: r["id"] for e, r in sent.items()}
+
+    # Replies in one batch: b-0 accepted then declined (later DTSTAMP) → declined, both
+    # announced; b-1 accepted twice → the second is a duplicate; an unknown UID is ignored.
+    async with svc.runtime.db.unit_of_work() as s:
+        inv = invites(s)
+        outcomes = await inv.apply_replies(
+            1,
+            [
+                (reply(uid["b-0"], "ACCEPTED", 1), {}),
+                (reply(uid["b-1"], "ACCEPTED", 1), {}),
+                (reply(uid["b-0"], "DECLINED", 2), {}),
+                (reply(uid["b-1"], "ACCEPTED", 3), {}),
+                (reply("nobody@else", "ACCEPTED", 1), {}),
+                (reply(uid["b-2"], "ACCEPTED", 1, sequence=1), {}),
+            ],
+        )
+        await inv.flush_log()
+    assert [o for o, _ in outcomes] == [
+        "applied", "applied", "applied", "duplicate", "ignored", "ignored"
+    ]  # fmt: skip
+    statuses = {e: (await svc.invitation(i))["status"] for e, i in ids.items()}
+    assert statuses == {"b-0": "declined", "b-1": "accepted", "b-2": "sent", "b-3": "sent"}
+    events = await status_events()
+    assert events[-3:] == [
+        (ids["b-0"], "accepted"),
+        (ids["b-1"], "accepted"),
+        (ids["b-0"], "declined"),
+    ]
+
+    # Next batch: b-1 re-sent with the same SEQUENCE (title only) keeps its answer; b-2 moves
+    # while on the wire (stays queued with SEQUENCE 1); b-3 is deleted → CANCEL → cancelled.
+    await svc.put_event("b-1", room_id="r-1", title="Kurs 1, neuer Titel")
+    await svc.put_event("b-2", room_id="r-1", title="Kurs 2, neuer Titel")
+    await svc.client.delete("/events/b-3", headers=BOOKING)
+    async with svc.runtime.db.unit_of_work() as s:
+        second = await invites(s).pending(10)
+    assert sorted(p["event_id"] for p in second) == ["b-1", "b-2", "b-3"]
+    await svc.put_event(
+        "b-2",
+        room_id="r-1",
+        title="Kurs 2, verschoben",
+        starts_at=future(days=9, hour=8).isoformat(),
+        ends_at=future(days=9, hour=9).isoformat(),
+    )
+    again = await record(second)
+    assert (again["b-1"]["status"], again["b-1"]["sent_sequence"]) == ("accepted", 0)
+    b2 = again["b-2"]
+    assert (b2["status"], b2["sent_sequence"], b2["sequence"]) == ("pending", 0, 1)
+    assert b2["snapshot"]["title"] == "Kurs 2, verschoben"
+    assert again["b-3"]["status"] == "cancelled"
+    assert [a["action"] for a in await svc.log(ids["b-1"])].count("sent") == 2
 
 
 class BrokenSync(BaseModel):

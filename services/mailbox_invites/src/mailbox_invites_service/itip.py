@@ -5,6 +5,8 @@ Built on the ``icalendar`` library and the standard ``email`` package:
 - :func:`build_calendar`: a VCALENDAR with METHOD REQUEST or CANCEL, a VTIMEZONE for the
   configured zone and one VEVENT (stable UID, SEQUENCE, DTSTAMP, DTSTART/DTEND with TZID,
   ORGANIZER = technical user, ATTENDEE = room mailbox with CUTYPE=ROOM).
+- :func:`to_ical`: ``calendar.to_ical()``, byte for byte, with each shared VTIMEZONE serialized
+  once (it is most of the text, and the same in every invitation).
 - :func:`build_message`: the mail: ``multipart/alternative`` with a German text/plain summary and
   the ``text/calendar; method=...`` part (the method parameter equals METHOD, RFC 6047 2.4).
 - :func:`parse_mail`: the iTIP parts of a received mail (METHOD, UID, SEQUENCE, DTSTAMP, each
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email import encoders, policy
@@ -166,7 +169,26 @@ def _vtimezone(tzid: str, first_year: int, last_year: int) -> icalendar.Timezone
         sub.add("tzoffsetto", after)
         sub.add("tzname", name)
         tz.add_component(sub)
+    setattr(tz, _TZ_ICAL, tz.to_ical())
     return tz
+
+
+_TZ_ICAL = "_edumesh_ical"  # where a cached VTIMEZONE keeps its serialized form
+
+
+def to_ical(calendar: icalendar.Calendar) -> bytes:
+    """``calendar.to_ical()`` (same bytes), where a VTIMEZONE from :func:`vtimezone` (cached and
+    shared, never modified) is serialized once and reused."""
+    head = [
+        calendar.content_line(name, value).to_ical()
+        for name, value in calendar.property_items(recursive=False)
+    ]
+    parts = [b"\r\n".join(head[:-1]), b"\r\n"]
+    for component in calendar.subcomponents:
+        cached = getattr(component, _TZ_ICAL, None)
+        parts.append(cached if cached is not None else component.to_ical())
+    parts += [head[-1], b"\r\n"]
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------- building
@@ -275,11 +297,15 @@ def subject_of(method: Method, content: Mapping[str, Any], tzid: str, *, update:
 SMTP_COMPAT = policy.compat32.clone(linesep="\r\n")
 _QP_UTF8 = Charset("utf-8")
 _QP_UTF8.body_encoding = QP
+# Headers in RFC 2047 "Q" encoding, chosen up front: the default for UTF-8 ("shortest") encodes
+# every header both ways to compare the lengths, most of the cost of building a mail.
+_Q_UTF8 = Charset("utf-8")
+_Q_UTF8.header_encoding = QP
 
 
 def _encoded(value: str) -> str | Header:
     """A header value, RFC 2047-encoded (and folded by the Header) when it is not ASCII."""
-    return value if value.isascii() else Header(value, "utf-8")
+    return value if value.isascii() else Header(value, _Q_UTF8)
 
 
 def build_message(
@@ -298,9 +324,13 @@ def build_message(
     """The iMIP mail for ``calendar``: multipart/alternative, text/plain + text/calendar, with
     CRLF line ends throughout (RFC 5322, RFC 5545). ``ics`` is ``calendar.to_ical()`` when the
     caller has it already."""
-    msg = MIMEMultipart("alternative", policy=SMTP_COMPAT)
-    msg["From"] = formataddr((organizer.name or "", organizer.email), charset="utf-8")
-    msg["To"] = formataddr((attendee.name or "", attendee.email), charset="utf-8")
+    # A boundary of our own: "=_" occurs in neither base64 nor quoted-printable text, so the
+    # generator need not search the parts for it (a fresh regex per message otherwise).
+    msg = MIMEMultipart(
+        "alternative", boundary=f"=_edumesh_{secrets.token_hex(12)}", policy=SMTP_COMPAT
+    )
+    msg["From"] = formataddr((organizer.name or "", organizer.email), charset=_Q_UTF8)
+    msg["To"] = formataddr((attendee.name or "", attendee.email), charset=_Q_UTF8)
     # compat32 messages take Header values (typeshed only knows str).
     msg["Subject"] = _encoded(subject_of(method, content, tzid, update=update))  # type: ignore[assignment]
     msg["Date"] = format_datetime(now.astimezone(dt.UTC))
@@ -310,7 +340,7 @@ def build_message(
     msg.attach(text)
     # The calendar as bytes (base64), so its CRLF line ends and folding arrive unchanged.
     part = MIMEBase("text", "calendar", method=method, charset="UTF-8")
-    part.set_payload(ics if ics is not None else calendar.to_ical())
+    part.set_payload(ics if ics is not None else to_ical(calendar))
     encoders.encode_base64(part)
     msg.attach(part)
     return msg

@@ -25,6 +25,7 @@ and reads everything and changes nothing (no mail sent, moved or applied).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -50,6 +51,10 @@ log = logging.getLogger("mailbox_invites.processor")
 ACTOR = "mailbox-processor"
 SEND_BATCH = 500
 RECORD_BATCH = 100
+# The recorder lets outcomes gather this long before it writes them: a few larger transactions
+# instead of one per message (each also wakes the outbox relay). An outcome not yet written when
+# the process dies is sent again on the next run, which a calendar takes as the same update.
+RECORD_LINGER_SECONDS = 0.25
 
 
 def utcnow() -> dt.datetime:
@@ -83,6 +88,7 @@ class _Recorder:
     summary: RunSummary
     queue: asyncio.Queue[_Outcome | None] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __aenter__(self) -> _Recorder:
         self.task = asyncio.create_task(self._run(), name="mailbox-processor-recorder")
@@ -94,6 +100,7 @@ class _Recorder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.closing.set()
         await self.queue.put(None)
         assert self.task is not None
         await self.task
@@ -113,6 +120,9 @@ class _Recorder:
                 done = True
             else:
                 batch.append(first)
+                if self.queue.qsize() < RECORD_BATCH and not self.closing.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.closing.wait(), RECORD_LINGER_SECONDS)
             while len(batch) < RECORD_BATCH and not self.queue.empty():
                 nxt = self.queue.get_nowait()
                 if nxt is None:
@@ -127,14 +137,14 @@ class _Recorder:
         try:
             async with writing(self.processor.runtime.db) as session:
                 invites = self.processor.invites(session, buffer_log=True)
+                sent = [o for o in batch if o.error is None]
+                rows = await invites.mark_sent_many(
+                    [(o.pending, o.message_id, o.ics, o.reply) for o in sent]
+                )
+                results.extend(zip(sent, rows, strict=True))
                 for o in batch:
-                    if o.error is None:
-                        row = await invites.mark_sent(
-                            o.pending, message_id=o.message_id, ics=o.ics, server_reply=o.reply
-                        )
-                    else:
-                        row = await invites.mark_failed(o.pending, o.error)
-                    results.append((o, row))
+                    if o.error is not None:
+                        results.append((o, await invites.mark_failed(o.pending, o.error)))
                 await invites.flush_log()
         except Exception as exc:
             # Not recorded: the invitations stay pending and go out again next run (same UID
@@ -243,13 +253,15 @@ class MailboxProcessor:
         ctx: TaskContext,
         recorder: _Recorder,
     ) -> None:
-        """Send ``items`` one after the other over one SMTP session (reconnecting as needed)."""
+        """Send ``items`` one after the other over one SMTP session (reconnecting as needed,
+        and after ``smtp_messages_per_session`` messages)."""
         queue = list(items)
+        per_session = self.settings.smtp_messages_per_session
         while queue:
             sent_in_session = 0
             try:
                 async with smtp_session(account) as smtp:
-                    while queue:
+                    while queue and sent_in_session < per_session:
                         if ctx.cancelled:
                             return
                         p = queue[0]
@@ -298,7 +310,7 @@ class MailboxProcessor:
             tzid=self.settings.time_zone,
             prodid=self.settings.prodid,
         )
-        ics = calendar.to_ical()
+        ics = itip.to_ical(calendar)
         message = itip.build_message(
             calendar=calendar,
             ics=ics,
@@ -406,39 +418,61 @@ class MailboxProcessor:
     async def _apply_together(
         self, account: MailAccount, mails: list[tuple[int, itip.ParsedMail]]
     ) -> list[tuple[int, dict[str, Any], list[tuple[str, str]]]]:
-        out = []
+        """Apply the REPLYs of ``mails`` in one transaction (their invitations read and written
+        in one statement each); returns (uid, meta, outcomes) per mail."""
+        metas = [
+            {
+                "imap_uid": uid,
+                "message_id": parsed.message_id,
+                "subject": parsed.subject,
+                "from": parsed.sender,
+            }
+            for uid, parsed in mails
+        ]
+        replies = [[e for e in parsed.events if e.method == "REPLY"] for _, parsed in mails]
         async with writing(self.runtime.db) as session:
             invites = self.invites(session, buffer_log=True)
-            for uid, parsed in mails:
-                meta = {
-                    "imap_uid": uid,
-                    "message_id": parsed.message_id,
-                    "subject": parsed.subject,
-                    "from": parsed.sender,
-                }
-                out.append((uid, meta, await self._apply_mail(invites, account, parsed, meta)))
+            applied = iter(
+                await invites.apply_replies(
+                    account.id,
+                    [
+                        (e, meta)
+                        for meta, events in zip(metas, replies, strict=True)
+                        for e in events
+                    ],
+                )
+            )
+            out = []
+            for (uid, parsed), meta, events in zip(mails, metas, replies, strict=True):
+                outcomes = [next(applied) for _ in events]
+                await self._note_unapplied(invites, account, parsed, meta, outcomes)
+                if not events:
+                    outcomes = [("ignored", self._why_not_a_reply(parsed))]
+                out.append((uid, meta, outcomes))
             await invites.flush_log()
         return out
 
-    async def _apply_mail(
+    @staticmethod
+    def _why_not_a_reply(parsed: itip.ParsedMail) -> str:
+        if parsed.problems:
+            return "; ".join(parsed.problems)
+        if parsed.events:
+            return f"iTIP {', '.join(sorted(parsed.methods))}, not a REPLY"
+        return "no iTIP calendar in this mail"
+
+    async def _note_unapplied(
         self,
         invites: Invites,
         account: MailAccount,
         parsed: itip.ParsedMail,
         meta: dict[str, Any],
-    ) -> list[tuple[str, str]]:
-        replies = [e for e in parsed.events if e.method == "REPLY"]
-        if not replies:
-            if parsed.problems:
-                why = "; ".join(parsed.problems)
-            elif parsed.events:
-                why = f"iTIP {', '.join(sorted(parsed.methods))}, not a REPLY"
-            else:
-                why = "no iTIP calendar in this mail"
+        outcomes: list[tuple[str, str]],
+    ) -> None:
+        """Log, in the user's mail log, a mail that is not a REPLY or names no invitation."""
+        if not outcomes:
+            why = self._why_not_a_reply(parsed)
             await invites.note_mail(account.id, "mail-ignored", why, meta, "info")
-            return [("ignored", why)]
-        outcomes = [await invites.apply_reply(account.id, e, meta) for e in replies]
+            return
         unmatched = [w for o, w in outcomes if o == "ignored" and w.startswith("no invitation")]
         if unmatched:
             await invites.note_mail(account.id, "mail-ignored", "; ".join(unmatched), meta, "info")
-        return outcomes

@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import encoders, policy
+from email.charset import QP, Charset
 from email.header import Header
 from email.message import Message
 from email.mime.base import MIMEBase
@@ -33,6 +34,9 @@ import aiosmtplib
 import icalendar
 
 _FETCH_UID = re.compile(rb"UID (\d+)")
+# RFC 2047 "Q" headers, chosen up front (UTF-8's default "shortest" encodes each header twice).
+_Q_UTF8 = Charset("utf-8")
+_Q_UTF8.header_encoding = QP
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ class AutoAcceptResponder:
         msg["From"] = self.address
         msg["To"] = organizer
         subject = f"{words.get(partstat, partstat)}: {request.get('SUMMARY', '')}"
-        msg["Subject"] = Header(subject, "utf-8")  # type: ignore[assignment]
+        msg["Subject"] = Header(subject, _Q_UTF8)  # type: ignore[assignment]
         msg["Message-ID"] = make_msgid(domain="responder.invalid")
         msg.attach(MIMEText(f"{partstat}\n", "plain", "utf-8"))
         part = MIMEBase("text", "calendar", method="REPLY", charset="UTF-8")

@@ -34,10 +34,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Security = Literal["starttls", "tls", "none"]
+# The port a security option normally goes with, where none is given.
+SMTP_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+IMAP_PORTS = {"starttls": 143, "tls": 993, "none": 143}
+
+
 class SmtpIn(Strict):
     host: Host
-    port: Port = 587
-    security: Literal["starttls", "tls", "none"] = "starttls"
+    port: Port | None = Field(default=None, description="default: 587 / 465 / 25 by security")
+    security: Security = "starttls"
     username: Annotated[str, StringConstraints(min_length=1, max_length=254)] | None = None
     password: SecretStr | None = None
 
@@ -45,18 +51,27 @@ class SmtpIn(Strict):
     def _login_pair(self) -> SmtpIn:
         if (self.username is None) != (self.password is None):
             raise ValueError("give both username and password for an SMTP login, or neither")
+        if self.port is None:
+            self.port = SMTP_PORTS[self.security]
         return self
 
 
 class ImapIn(Strict):
     host: Host
-    port: Port = 993
-    security: Literal["tls", "none"] = "tls"
+    port: Port | None = Field(default=None, description="default: 143 / 993 / 143 by security")
+    # starttls: required (a server that does not offer it is refused); tls: implicit (IMAPS).
+    security: Security = "tls"
     username: Annotated[str, StringConstraints(min_length=1, max_length=254)]
     password: SecretStr
     folder: Folder = "INBOX"
     processed_folder: Folder = "edumesh-processed"
     ignored_folder: Folder = "edumesh-ignored"
+
+    @model_validator(mode="after")
+    def _default_port(self) -> ImapIn:
+        if self.port is None:
+            self.port = IMAP_PORTS[self.security]
+        return self
 
 
 class TechnicalUserIn(Strict):
@@ -84,7 +99,7 @@ class TechnicalUserIn(Strict):
 class SmtpPatch(Strict):
     host: Host | None = None
     port: Port | None = None
-    security: Literal["starttls", "tls", "none"] | None = None
+    security: Security | None = None
     username: Annotated[str, StringConstraints(min_length=1, max_length=254)] | None = None
     password: SecretStr | None = None
 
@@ -92,7 +107,7 @@ class SmtpPatch(Strict):
 class ImapPatch(Strict):
     host: Host | None = None
     port: Port | None = None
-    security: Literal["tls", "none"] | None = None
+    security: Security | None = None
     username: Annotated[str, StringConstraints(min_length=1, max_length=254)] | None = None
     password: SecretStr | None = None
     folder: Folder | None = None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,7 +35,20 @@ from mesh_common.errors import Conflict, Invalid, NotFound, Unavailable
 from mesh_common.secrets import SecretBox, SecretsError
 from mesh_contracts.mailbox_invites import InvitationStatusChanged, RoomEventData
 from pydantic import SecretStr
-from sqlalchemy import and_, case, delete, func, insert, literal, select, text, update
+from sqlalchemy import (
+    Boolean,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -189,19 +202,21 @@ class Invites:
                 )
             )
         assert mailbox is not None
-        await self.outbox.add(
-            self.session,
-            InvitationStatusChanged(
-                invitation_id=inv["id"],
-                event_id=inv["event_id"],
-                room_id=mailbox["room_id"],
-                mailbox=mailbox["email"],
-                uid=inv["uid"],
-                sequence=inv["sequence"],
-                status=status,
-                detail=detail,
-                at=self.now,
-            ),
+        await self.outbox.add(self.session, self._status_event(inv, status, detail, mailbox))
+
+    def _status_event(
+        self, inv: Mapping[str, Any], status: str, detail: str | None, mailbox: Mapping[str, Any]
+    ) -> InvitationStatusChanged:
+        return InvitationStatusChanged(
+            invitation_id=inv["id"],
+            event_id=inv["event_id"],
+            room_id=mailbox["room_id"],
+            mailbox=mailbox["email"],
+            uid=inv["uid"],
+            sequence=inv["sequence"],
+            status=status,
+            detail=detail,
+            at=self.now,
         )
 
     async def _set(self, inv_id: int, **values: Any) -> dict[str, Any]:
@@ -1206,24 +1221,8 @@ class Invites:
         server_reply: str,
     ) -> dict[str, Any]:
         """Record that the version in ``pending`` (as read before sending) reached the mailbox."""
-        sent = {
-            "sent_sequence": pending["sequence"],
-            "sent_snapshot": pending["snapshot"],
-            "sent_method": pending["method"],
-            "sent_at": self.now,
-            "sent_message_id": message_id,
-            "last_ics": ics,
-            "last_error": None,
-            "updated_at": self.now,
-        }
-        what = f"{pending['method']} SEQUENCE {pending['sequence']}"
-        await self.log(
-            pending["id"],
-            "sent",
-            f"{what} sent to {pending['mailbox_email']} ({server_reply.strip()[:200]})",
-            sequence=pending["sequence"],
-            detail={"message_id": message_id, "attempt": pending["attempts"] + 1},
-        )
+        sent = self._sent_values(pending, message_id, ics)
+        what = await self._log_sent(pending, message_id, server_reply)
         # The usual case in one statement: nothing changed since it was read for sending.
         # The status then follows delivered_status(): an earlier answer to this SEQUENCE holds.
         if pending["method"] == "CANCEL":
@@ -1244,6 +1243,106 @@ class Invites:
             box = {"email": pending["mailbox_email"], "room_id": pending["room_id"]}
             await self._publish(new, new["status"], f"{what} sent", mailbox=box)
             return new
+        return await self._sent_after_change(pending, sent)
+
+    def _sent_values(self, pending: Mapping[str, Any], message_id: str, ics: str) -> dict[str, Any]:
+        return {
+            "sent_sequence": pending["sequence"],
+            "sent_snapshot": pending["snapshot"],
+            "sent_method": pending["method"],
+            "sent_at": self.now,
+            "sent_message_id": message_id,
+            "last_ics": ics,
+            "last_error": None,
+            "updated_at": self.now,
+        }
+
+    async def _log_sent(self, pending: Mapping[str, Any], message_id: str, reply: str) -> str:
+        what = f"{pending['method']} SEQUENCE {pending['sequence']}"
+        await self.log(
+            pending["id"],
+            "sent",
+            f"{what} sent to {pending['mailbox_email']} ({reply.strip()[:200]})",
+            sequence=pending["sequence"],
+            detail={"message_id": message_id, "attempt": pending["attempts"] + 1},
+        )
+        return what
+
+    async def mark_sent_many(
+        self, sent: Sequence[tuple[Mapping[str, Any], str, str, str]]
+    ) -> list[dict[str, Any]]:
+        """:meth:`mark_sent` for many ``(pending, message_id, ics, server_reply)`` at once: the
+        usual case (unchanged since it was read for sending) as one UPDATE over all of them,
+        one read-back and one outbox insert; an invitation changed meanwhile takes
+        :meth:`mark_sent`'s careful path. Returns the rows in the order given."""
+        if not sent:
+            return []
+        i = invitations.c
+        # No IN (...): an expanding parameter cannot go into an executemany.
+        answered = and_(
+            i.reply_sequence == bindparam("b_sequence"),
+            or_(*(i.reply_partstat == literal(v) for v in PARTSTAT_STATUS)),
+        )
+        status = case(
+            (bindparam("b_cancel", type_=Boolean), literal("cancelled")),
+            (answered, func.lower(i.reply_partstat)),
+            else_=literal("sent"),
+        )
+        stmt = (
+            update(invitations)
+            .where(i.id == bindparam("b_id"), i.version == bindparam("b_version"))
+            .values(
+                sent_sequence=bindparam("b_sequence", type_=i.sent_sequence.type),
+                sent_snapshot=bindparam("b_snapshot", type_=i.sent_snapshot.type),
+                sent_method=bindparam("b_method", type_=i.sent_method.type),
+                sent_at=bindparam("b_now", type_=i.sent_at.type),
+                sent_message_id=bindparam("b_message_id", type_=i.sent_message_id.type),
+                last_ics=bindparam("b_ics", type_=i.last_ics.type),
+                last_error=None,
+                updated_at=bindparam("b_now", type_=i.updated_at.type),
+                status=status,
+                attempts=0,
+            )
+        )
+        params = []
+        whats: dict[int, str] = {}
+        for pending, message_id, ics, reply in sent:
+            whats[pending["id"]] = await self._log_sent(pending, message_id, reply)
+            params.append(
+                {
+                    "b_id": pending["id"],
+                    "b_version": pending["version"],
+                    "b_sequence": pending["sequence"],
+                    "b_snapshot": pending["snapshot"],
+                    "b_method": pending["method"],
+                    "b_now": self.now,
+                    "b_message_id": message_id,
+                    "b_ics": ics,
+                    "b_cancel": pending["method"] == "CANCEL",
+                }
+            )
+        await self.session.execute(stmt, params)
+        ids = [p["id"] for p, *_ in sent]
+        rows = {r["id"]: r for r in await self._all(select(invitations).where(i.id.in_(ids)))}
+        out: list[dict[str, Any]] = []
+        events = []
+        for pending, message_id, ics, _ in sent:
+            row = rows[pending["id"]]
+            if row["sent_message_id"] == message_id and row["version"] == pending["version"]:
+                box = {"email": pending["mailbox_email"], "room_id": pending["room_id"]}
+                what = whats[pending["id"]]
+                events.append(self._status_event(row, row["status"], f"{what} sent", box))
+                out.append(row)
+            else:
+                sent_values = self._sent_values(pending, message_id, ics)
+                out.append(await self._sent_after_change(pending, sent_values))
+        if self.outbox is not None and events:
+            await self.outbox.add_many(self.session, events)
+        return out
+
+    async def _sent_after_change(
+        self, pending: Mapping[str, Any], sent: dict[str, Any]
+    ) -> dict[str, Any]:
         inv = await self._invitation_row(pending["id"])
         # Changed while we were sending: keep the newer version queued, now judged against
         # what was just delivered.
@@ -1295,87 +1394,145 @@ class Invites:
     async def apply_reply(
         self, technical_user_id: int, event: itip.ItipEvent, mail: Mapping[str, Any]
     ) -> tuple[str, str]:
-        """Apply one REPLY VEVENT. Returns (outcome, why): ``applied``, ``duplicate``,
-        ``stale`` (an older SEQUENCE, or the event was cancelled) or ``ignored``."""
-        inv = await self._one(
-            select(invitations, mailboxes.c.email.label("mailbox_email"), mailboxes.c.room_id)
-            .join(mailboxes, mailboxes.c.id == invitations.c.mailbox_id)
-            .where(invitations.c.uid == event.uid)
-            .with_for_update(of=invitations)
-        )
-        if inv is None:
-            return "ignored", f"no invitation has UID {event.uid}"
-        detail = {**mail, "reply_sequence": event.sequence}
-        partstat = event.partstat_of(inv["mailbox_email"])
+        """Apply one REPLY VEVENT (see :meth:`apply_replies`)."""
+        (outcome,) = await self.apply_replies(technical_user_id, [(event, mail)])
+        return outcome
 
-        async def note(outcome: str, why: str, level: str) -> tuple[str, str]:
+    async def apply_replies(
+        self,
+        technical_user_id: int,
+        replies: Sequence[tuple[itip.ItipEvent, Mapping[str, Any]]],
+    ) -> list[tuple[str, str]]:
+        """Apply REPLY VEVENTs in the order given, each judged against the state the ones
+        before it left (two answers to one invitation in a batch behave as one after the
+        other). Returns (outcome, why) for each: ``applied``, ``duplicate``, ``stale`` (an older
+        SEQUENCE, or the event was cancelled) or ``ignored``.
+
+        The invitations are read (and locked) in one statement and written back in one; the
+        status events go to the outbox in one insert."""
+        if not replies:
+            return []
+        uids = sorted({event.uid for event, _ in replies})
+        rows = {
+            r["uid"]: r
+            for r in await self._all(
+                select(invitations, mailboxes.c.email.label("mailbox_email"), mailboxes.c.room_id)
+                .join(mailboxes, mailboxes.c.id == invitations.c.mailbox_id)
+                .where(invitations.c.uid.in_(uids))
+                .with_for_update(of=invitations)
+            )
+        }
+        changed: dict[int, dict[str, Any]] = {}
+        events: list[InvitationStatusChanged] = []
+        out = []
+        for event, mail in replies:
+            inv = rows.get(event.uid)
+            if inv is None:
+                out.append(("ignored", f"no invitation has UID {event.uid}"))
+                continue
+            outcome, why, level, status = self._judge_reply(inv, event)
             action = {"applied": "reply", "duplicate": "reply-duplicate"}.get(
                 outcome, f"reply-{outcome}"
             )
+            partstat = event.partstat_of(inv["mailbox_email"])
             await self.log(
                 inv["id"],
                 action,
                 why,
                 level=level,
                 sequence=event.sequence,
-                detail={**detail, "partstat": partstat},
+                detail={**mail, "reply_sequence": event.sequence, "partstat": partstat},
                 technical_user_id=technical_user_id,
             )
-            return outcome, why
+            out.append((outcome, why))
+            if outcome != "applied":
+                continue
+            before = inv["status"]
+            inv.update(
+                reply_partstat=partstat,
+                reply_sequence=event.sequence,
+                reply_dtstamp=event.dtstamp,
+                replied_at=self.now,
+                updated_at=self.now,
+                status=status or before,
+            )
+            changed[inv["id"]] = inv
+            if status is not None and status != before:
+                box = {"email": inv["mailbox_email"], "room_id": inv["room_id"]}
+                detail = f"{partstat} (SEQUENCE {event.sequence})"
+                events.append(self._status_event(inv, status, detail, box))
+        if changed:
+            i = invitations.c
+            await self.session.execute(
+                update(invitations)
+                .where(i.id == bindparam("b_id"))
+                .values(
+                    reply_partstat=bindparam("b_partstat", type_=i.reply_partstat.type),
+                    reply_sequence=bindparam("b_sequence", type_=i.reply_sequence.type),
+                    reply_dtstamp=bindparam("b_dtstamp", type_=i.reply_dtstamp.type),
+                    replied_at=bindparam("b_now", type_=i.replied_at.type),
+                    updated_at=bindparam("b_now", type_=i.updated_at.type),
+                    status=bindparam("b_status", type_=i.status.type),
+                ),
+                [
+                    {
+                        "b_id": inv["id"],
+                        "b_partstat": inv["reply_partstat"],
+                        "b_sequence": inv["reply_sequence"],
+                        "b_dtstamp": inv["reply_dtstamp"],
+                        "b_now": self.now,
+                        "b_status": inv["status"],
+                    }
+                    for inv in changed.values()
+                ],
+            )
+        if self.outbox is not None and events:
+            await self.outbox.add_many(self.session, events)
+        return out
 
+    @staticmethod
+    def _judge_reply(
+        inv: Mapping[str, Any], event: itip.ItipEvent
+    ) -> tuple[str, str, str, str | None]:
+        """(outcome, why, log level, new status or None) of a REPLY to ``inv`` as it is now."""
+        partstat = event.partstat_of(inv["mailbox_email"])
         if partstat is None:
-            return await note("ignored", f"reply has no ATTENDEE {inv['mailbox_email']}", "warning")
+            return "ignored", f"reply has no ATTENDEE {inv['mailbox_email']}", "warning", None
         if inv["method"] == "CANCEL":
-            return await note(
-                "stale",
-                f"{partstat} for SEQUENCE {event.sequence} arrived after the event was cancelled",
-                "info",
-            )
+            why = f"{partstat} for SEQUENCE {event.sequence} arrived after the event was cancelled"
+            return "stale", why, "info", None
         if event.sequence < inv["sequence"]:
-            return await note(
-                "stale",
+            why = (
                 f"{partstat} answers SEQUENCE {event.sequence}; the current one is "
-                f"{inv['sequence']}",
-                "info",
+                f"{inv['sequence']}"
             )
+            return "stale", why, "info", None
         if event.sequence > inv["sequence"]:
-            return await note(
-                "ignored",
+            why = (
                 f"{partstat} answers SEQUENCE {event.sequence}, which was never sent "
-                f"(current: {inv['sequence']})",
-                "warning",
+                f"(current: {inv['sequence']})"
             )
+            return "ignored", why, "warning", None
         if partstat not in PARTSTAT_STATUS:
-            return await note("ignored", f"PARTSTAT {partstat} is not a decision", "warning")
+            return "ignored", f"PARTSTAT {partstat} is not a decision", "warning", None
         if (
             inv["reply_dtstamp"] is not None
             and event.dtstamp is not None
             and event.dtstamp < inv["reply_dtstamp"]
         ):
-            return await note(
-                "stale", f"{partstat} is older than the answer already recorded", "info"
-            )
+            why = f"{partstat} is older than the answer already recorded"
+            return "stale", why, "info", None
         if inv["reply_partstat"] == partstat and inv["reply_sequence"] == event.sequence:
-            return await note("duplicate", f"{partstat} was already recorded", "info")
+            return "duplicate", f"{partstat} was already recorded", "info", None
         status = PARTSTAT_STATUS[partstat]
         waiting = inv["status"] in ("sent", *REPLY_STATUSES)
-        new = await self._set(
-            inv["id"],
-            reply_partstat=partstat,
-            reply_sequence=event.sequence,
-            reply_dtstamp=event.dtstamp,
-            replied_at=self.now,
-            **({"status": status} if waiting else {}),
-        )
-        outcome = await note(
+        why = f"room mailbox answered {partstat} for SEQUENCE {event.sequence}"
+        return (
             "applied",
-            f"room mailbox answered {partstat} for SEQUENCE {event.sequence}",
-            "info" if status != "declined" else "warning",
+            why,
+            ("info" if status != "declined" else "warning"),
+            (status if waiting else None),
         )
-        if waiting and inv["status"] != status:
-            box = {"email": inv["mailbox_email"], "room_id": inv["room_id"]}
-            await self._publish(new, status, f"{partstat} (SEQUENCE {event.sequence})", mailbox=box)
-        return outcome
 
     async def note_mail(
         self, technical_user_id: int, action: str, why: str, mail: Mapping[str, Any], level: str

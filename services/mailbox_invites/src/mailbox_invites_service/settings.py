@@ -21,5 +21,8 @@ class Settings(ServiceSettings):
     # SMTP sessions a technical user sends over in parallel (servers limit connections per
     # client; Exchange allows 20 by default).
     smtp_sessions: int = Field(default=4, ge=1, le=20)
+    # Messages sent over one SMTP session before it is closed and a new one opened: connection
+    # reuse, bounded (servers limit messages per connection; a 421 before that also reconnects).
+    smtp_messages_per_session: int = Field(default=100, ge=1, le=10_000)
     # Messages fetched per IMAP FETCH while reading replies.
     imap_fetch_batch: int = Field(default=200, ge=1, le=2000)

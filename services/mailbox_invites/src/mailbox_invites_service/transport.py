@@ -1,14 +1,22 @@
 """SMTP (aiosmtplib) and IMAP (aioimaplib) sessions of a technical user, and the connection check.
 
 :class:`MailAccount` is a technical user with its passwords decrypted (as ``SecretStr``). The
-sessions apply its TLS options: SMTP ``starttls`` (required, not opportunistic), ``tls``
-(implicit, port 465) or ``none``; IMAP ``tls`` (implicit, port 993) or ``none`` (aioimaplib has
-no STARTTLS); certificates are verified against the system store plus an optional CA given as
-PEM, unless verification is switched off. Every failure becomes a :class:`MailError` whose
-message says what failed in words an operator can act on ("IMAP login as ... refused by the
-server", "TLS certificate of ... not trusted", "cannot connect to ...: connection refused");
-no message ever contains a password. This module knows nothing about invitations or the
-database.
+sessions apply its TLS options, the same three for both protocols: ``starttls`` (required, never
+opportunistic: a server that does not offer it is an error, nothing is sent in plaintext),
+``tls`` (implicit TLS: SMTP 465, IMAP 993) or ``none``. Certificates are verified against the
+system store plus an optional CA given as PEM, unless verification is switched off.
+
+aioimaplib has no STARTTLS (iroco-co/aioimaplib#1); :func:`_imap_starttls` adds it on asyncio's
+own ``loop.start_tls`` (RFC 3501 6.2.1, RFC 2595): the command is only sent when the greeting
+announces it, anything the server sends between its "OK" and the handshake is refused (a
+plaintext injection), and the capabilities are read again over TLS.
+
+Every failure becomes a :class:`MailError` whose message says what failed in words an operator
+can act on ("IMAP login as ... refused by the server", "TLS certificate of ... not trusted",
+"... does not offer STARTTLS", "cannot connect to ...: connection refused"); no message ever
+contains a password. Every IMAP command is bounded by the account's timeout, and a connection
+the server drops fails the command waiting on it at once. This module knows nothing about
+invitations or the database.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.message import Message
@@ -30,8 +38,8 @@ import aiosmtplib
 from pydantic import SecretStr
 
 SmtpSecurity = Literal["starttls", "tls", "none"]
+ImapSecurity = Literal["starttls", "tls", "none"]
 LOGIN_TIMEOUT = 20.0
-ImapSecurity = Literal["tls", "none"]
 
 
 class MailError(Exception):
@@ -121,6 +129,8 @@ def explain(exc: BaseException, *, protocol: str, host: str, port: int, timeout:
             return f"{protocol}: cannot connect to {where}: {cause.strerror.lower()}"
         cause = cause.__cause__ or cause.__context__
         seen += 1
+    if "STARTTLS extension not supported" in str(exc):
+        return f"{protocol}: {where} does not offer STARTTLS (required; nothing was sent)"
     if isinstance(exc, aiosmtplib.SMTPConnectError):
         # aiosmtplib words a refused connection as "Error connecting to ...: [Errno 111] ..."
         if "111" in str(exc) or "refused" in str(exc).lower():
@@ -251,8 +261,129 @@ def _text(lines: list[Any]) -> str:
     ).strip()
 
 
+class _ImapProtocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol with two additions: a dropped connection fails the commands
+    waiting for an answer at once (aioimaplib leaves them waiting, some without a timeout), and
+    lines arriving between the STARTTLS "OK" and the TLS handshake are refused, not parsed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop, None)
+        self.lost: str | None = None
+        self.upgrading = False  # the server said OK to STARTTLS; the handshake has not begun
+        self.injected = False  # ... and it sent something in that window
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = f"connection closed by the server{f' ({exc})' if exc else ''}"
+        waiting = [self.pending_sync_command, *self.pending_async_commands.values()]
+        for command in waiting:
+            if command is not None and command.response.result in ("Init", "Pending"):
+                # aioimaplib's own way of failing a command (as on its timeout): wait() raises.
+                command._exception = aioimaplib.Abort(self.lost)
+                command.close(self.lost.encode(), "KO")
+        super().connection_lost(exc)
+
+    def _response_done(self, line: bytes) -> None:
+        pending = self.pending_sync_command
+        starttls = pending is not None and pending.name == "STARTTLS"
+        super()._response_done(line)
+        if starttls and line.split(b" ", 2)[1:2] == [b"OK"]:
+            self.upgrading = True
+
+    def _handle_line(self, line: bytes, current_cmd: Any) -> Any:
+        if self.upgrading:
+            self.injected = self.injected or bool(line)
+            return None
+        return super()._handle_line(line, current_cmd)
+
+
+class _ImapClient(aioimaplib.IMAP4):  # type: ignore[misc]
+    """``aioimaplib.IMAP4`` on :class:`_ImapProtocol` (plaintext, or implicit TLS with
+    ``ssl_context``)."""
+
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        local_loop = loop or asyncio.get_running_loop()
+        self.protocol = _ImapProtocol(local_loop)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(
+                lambda: self.protocol,
+                host,
+                port,
+                ssl=ssl_context,
+                ssl_handshake_timeout=self.timeout if ssl_context is not None else None,
+            )
+        )
+
+
+async def _imap_starttls(client: _ImapClient, account: MailAccount) -> None:
+    """Upgrade a fresh connection (state NONAUTH) to TLS; raises :class:`MailError`."""
+    a = account
+    where = _where(a.imap_host, a.imap_port)
+    protocol = client.protocol
+    assert isinstance(protocol, _ImapProtocol)
+    if protocol.state != aioimaplib.NONAUTH or "STARTTLS" not in protocol.capabilities:
+        already = (
+            " (it logged the client in before TLS: PREAUTH)" if protocol.state != "NONAUTH" else ""
+        )
+        raise MailError(
+            f"IMAP: {where} does not offer STARTTLS{already} (required; not logging in without "
+            "TLS: choose security 'tls' for an IMAPS port or 'none' to allow plaintext)",
+            protocol="IMAP",
+            permanent=True,
+        )
+    command = aioimaplib.Command(
+        "STARTTLS", protocol.new_tag(), loop=protocol.loop, timeout=a.timeout_seconds
+    )
+    try:
+        res = await protocol.execute(command)
+    except aioimaplib.AioImapException as exc:
+        raise MailError(f"IMAP: STARTTLS with {where} failed ({exc})", protocol="IMAP") from None
+    if res.result != "OK":
+        raise MailError(f"IMAP: {where} refused STARTTLS ({_text(res.lines)})", protocol="IMAP")
+    if protocol.injected or protocol.incomplete_line:
+        raise MailError(
+            f"IMAP: {where} sent data after accepting STARTTLS, before the TLS handshake "
+            "(a plaintext injection); connection dropped",
+            protocol="IMAP",
+            permanent=True,
+        )
+    transport = protocol.transport
+    assert isinstance(transport, asyncio.Transport)
+    try:
+        tls_transport = await protocol.loop.start_tls(
+            transport,
+            protocol,
+            a.tls_context(),
+            server_hostname=a.imap_host,
+            ssl_handshake_timeout=a.timeout_seconds,
+        )
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        transport.abort()
+        raise MailError(
+            explain(
+                exc, protocol="IMAP", host=a.imap_host, port=a.imap_port, timeout=a.timeout_seconds
+            ),
+            protocol="IMAP",
+        ) from None
+    if tls_transport is None:  # pragma: no cover - only for a closed transport
+        raise MailError(f"IMAP: {where} closed the connection during STARTTLS", protocol="IMAP")
+    protocol.transport = tls_transport
+    protocol.upgrading = False
+    # RFC 3501 6.2.1: what the server announced before TLS is forgotten and asked again.
+    protocol.capabilities = set()
+    await asyncio.wait_for(protocol.capability(), a.timeout_seconds)
+
+
 class ImapSession:
-    """One logged-in IMAP connection of a technical user."""
+    """One logged-in IMAP connection of a technical user. Every command is bounded by the
+    account's timeout; any failure is a :class:`MailError` (``session_broken`` when the
+    connection is gone or in an unknown state)."""
 
     def __init__(self, account: MailAccount, client: aioimaplib.IMAP4) -> None:
         self.account = account
@@ -261,12 +392,37 @@ class ImapSession:
     def _fail(self, what: str, response: Any) -> MailError:
         return MailError(f"IMAP: {what} ({_text(response.lines)})", protocol="IMAP")
 
+    async def _call(self, what: str, command: Awaitable[Any], *, size: int = 1) -> Any:
+        """Await ``command`` within the timeout (longer for commands on ``size`` messages)."""
+        a = self.account
+        where = _where(a.imap_host, a.imap_port)
+        limit = a.timeout_seconds * max(1.0, size / 50)
+        lost = getattr(self.client.protocol, "lost", None)
+        if lost is not None:  # gone already: sending the command would wait for nothing
+            if asyncio.iscoroutine(command):
+                command.close()
+            raise MailError(f"IMAP: {what}: {lost} ({where})", protocol="IMAP", session_broken=True)
+        try:
+            async with asyncio.timeout(limit):
+                return await command
+        except TimeoutError:
+            raise MailError(
+                f"IMAP: {what}: no answer from {where} within {limit:g} s",
+                protocol="IMAP",
+                session_broken=True,
+            ) from None
+        except (aioimaplib.AioImapException, OSError) as exc:
+            lost = getattr(self.client.protocol, "lost", None)
+            raise MailError(
+                f"IMAP: {what}: {lost or exc} ({where})", protocol="IMAP", session_broken=True
+            ) from None
+
     async def ensure_folder(self, name: str) -> None:
         """Create ``name`` unless it exists (an existing folder is not an error)."""
-        res = await self.client.create(quote_folder(name))
+        res = await self._call("CREATE", self.client.create(quote_folder(name)))
         if res.result == "OK":
             return
-        listing = await self.client.list('""', quote_folder(name))
+        listing = await self._call("LIST", self.client.list('""', quote_folder(name)))
         if listing.result == "OK" and any(
             name.encode() in bytes(line) for line in listing.lines[:-1]
         ):
@@ -274,27 +430,30 @@ class ImapSession:
         raise self._fail(f"cannot create folder {name!r}", res)
 
     async def folder_exists(self, name: str) -> bool:
-        listing = await self.client.list('""', quote_folder(name))
+        listing = await self._call("LIST", self.client.list('""', quote_folder(name)))
         return listing.result == "OK" and len(listing.lines) > 1
 
     async def select(self, name: str) -> None:
-        res = await self.client.select(quote_folder(name))
+        res = await self._call("SELECT", self.client.select(quote_folder(name)))
         if res.result != "OK":
             raise self._fail(f"folder {name!r} cannot be opened", res)
 
     async def uids(self) -> list[int]:
         """UIDs of every message in the selected folder, oldest first."""
-        res = await self.client.uid_search("ALL", charset=None)
+        res = await self._call("SEARCH", self.client.uid_search("ALL", charset=None))
         if res.result != "OK":
             raise self._fail("SEARCH failed", res)
         first = bytes(res.lines[0]) if res.lines else b""
         return sorted(int(x) for x in first.split() if x.isdigit())
 
     async def fetch(self, uids: list[int]) -> list[tuple[int, bytes]]:
-        """(uid, raw message) for ``uids``; read with BODY.PEEK so no flag changes."""
+        """(uid, raw message) for ``uids`` in one UID FETCH; read with BODY.PEEK so no flag
+        changes."""
         if not uids:
             return []
-        res = await self.client.uid("fetch", ",".join(map(str, uids)), "(UID BODY.PEEK[])")
+        res = await self._call(
+            "FETCH", self.client.uid("fetch", uid_set(uids), "(UID BODY.PEEK[])"), size=len(uids)
+        )
         if res.result != "OK":
             raise self._fail("FETCH failed", res)
         out: list[tuple[int, bytes]] = []
@@ -316,47 +475,85 @@ class ImapSession:
         Nothing is ever deleted without a copy having been made first."""
         if not uids:
             return
-        uid_set = ",".join(map(str, uids))
+        uids_ = uid_set(uids)
         target = quote_folder(folder)
         if self.client.has_capability("MOVE"):
-            res = await self.client.uid("move", uid_set, target)
+            res = await self._call("MOVE", self.client.uid("move", uids_, target), size=len(uids))
             if res.result != "OK":
                 raise self._fail(f"cannot move messages to {folder!r}", res)
             return
-        res = await self.client.uid("copy", uid_set, target)
+        res = await self._call("COPY", self.client.uid("copy", uids_, target), size=len(uids))
         if res.result != "OK":
             raise self._fail(f"cannot copy messages to {folder!r}", res)
-        res = await self.client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Deleted)")
+        res = await self._call(
+            "STORE", self.client.uid("store", uids_, "+FLAGS.SILENT", r"(\Deleted)")
+        )
         if res.result != "OK":
             raise self._fail("cannot flag moved messages", res)
         if self.client.has_capability("UIDPLUS"):
-            await self.client.uid("expunge", uid_set)
+            await self._call("EXPUNGE", self.client.uid("expunge", uids_))
         # Without UIDPLUS the copies stay flagged in the source until the next EXPUNGE by a
         # client; the originals are kept, which is the safe direction.
+
+
+def uid_set(uids: list[int]) -> str:
+    """An IMAP sequence set of UIDs with runs collapsed ("3:7,9,12:13"): short commands."""
+    ordered = sorted(set(uids))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+async def _imap_connect(account: MailAccount) -> _ImapClient:
+    """Connect and read the greeting; STARTTLS or implicit TLS as configured."""
+    a = account
+    client = _ImapClient(
+        host=a.imap_host,
+        port=a.imap_port,
+        timeout=a.timeout_seconds,
+        ssl_context=a.tls_context() if a.imap_security == "tls" else None,
+    )
+    try:
+        try:
+            await client.wait_hello_from_server()
+        except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+            raise MailError(
+                explain(
+                    exc,
+                    protocol="IMAP",
+                    host=a.imap_host,
+                    port=a.imap_port,
+                    timeout=a.timeout_seconds,
+                ),
+                protocol="IMAP",
+            ) from None
+        if a.imap_security == "starttls":
+            await _imap_starttls(client, a)
+    except BaseException:
+        _abort(client)
+        raise
+    return client
+
+
+def _abort(client: aioimaplib.IMAP4) -> None:
+    transport = getattr(client.protocol, "transport", None)
+    if transport is not None:
+        transport.abort()
+    elif not client._client_task.done():
+        client._client_task.cancel()
 
 
 @asynccontextmanager
 async def imap_session(account: MailAccount) -> AsyncIterator[ImapSession]:
     """Connect (TLS as configured), log in, yield a session, LOGOUT."""
     a = account
-    try:
-        if a.imap_security == "tls":
-            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                host=a.imap_host,
-                port=a.imap_port,
-                timeout=a.timeout_seconds,
-                ssl_context=a.tls_context(),
-            )
-        else:
-            client = aioimaplib.IMAP4(host=a.imap_host, port=a.imap_port, timeout=a.timeout_seconds)
-        await client.wait_hello_from_server()
-    except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
-        raise MailError(
-            explain(
-                exc, protocol="IMAP", host=a.imap_host, port=a.imap_port, timeout=a.timeout_seconds
-            ),
-            protocol="IMAP",
-        ) from None
+    client = await _imap_connect(a)
     try:
         # Servers answer a failed login only after a penalty that grows with repeated failures
         # (Dovecot: up to 15 s); wait for that answer rather than report a vague timeout.
@@ -379,10 +576,13 @@ async def imap_session(account: MailAccount) -> AsyncIterator[ImapSession]:
             )
         yield ImapSession(a, client)
     finally:
-        try:
-            await asyncio.wait_for(client.logout(), a.timeout_seconds)
-        except Exception:  # noqa: S110 - closing a connection we are done with
-            pass
+        protocol = client.protocol
+        if getattr(protocol, "lost", None) is None:
+            try:
+                await asyncio.wait_for(client.logout(), a.timeout_seconds)
+            except Exception:  # noqa: S110 - closing a connection we are done with
+                pass
+        _abort(client)
 
 
 # --------------------------------------------------------------------------- check

@@ -2,14 +2,17 @@
 
 :class:`DovecotServer` renders the project's own config (``deploy/dovecot/dovecot.conf``) into a
 private directory and runs ``dovecot -F -c <conf>`` on free high ports on 127.0.0.1: passwd-file
-users (SSHA512 hashes), maildirs under that directory, a self-signed TLS certificate for IMAPS,
-helper processes as the current user (as ``nobody`` when the tests run as root, because Dovecot
-refuses root for them). Nothing touches system paths or the package's own system instance.
+users (SSHA512 hashes), maildirs under that directory, a server certificate issued at start-up
+by a throwaway test CA (:class:`CertificateAuthority`; clients trust ``ca_pem``) for IMAPS and
+IMAP STARTTLS, helper processes as the current user (as ``nobody`` when the tests run as root,
+because Dovecot refuses root for them). Nothing touches system paths or the package's own system
+instance. ``tls=False`` runs it without TLS at all (no IMAPS, no STARTTLS offered), the server a
+client requiring STARTTLS must refuse. No key is ever written outside the instance's directory.
 
 :class:`SmtpRelay` is the MTA in front of it: an aiosmtpd server (AUTH PLAIN/LOGIN against the
-same accounts, optional STARTTLS with the same certificate) that refuses unknown recipients at
-RCPT time and hands each accepted message to Dovecot over LMTP. It can be stopped and started again
-on the same port to play an SMTP outage.
+same accounts, STARTTLS, implicit TLS or plaintext, with the same certificate) that refuses unknown
+recipients at RCPT time and hands each accepted message to Dovecot over LMTP. It can be stopped
+and started again on the same port to play an SMTP outage.
 
 :func:`require_dovecot` skips a test when the binary is missing, or fails it under ``CI=true``.
 Test support only: production code must not import this module.
@@ -192,6 +195,95 @@ def self_signed_certificate(hostnames: tuple[str, ...] = ("localhost",)) -> tupl
     return cert_pem, key_pem
 
 
+class CertificateAuthority:
+    """A throwaway CA made at test time (EC P-256, valid one day); :meth:`issue` signs server
+    certificates. Its key lives in memory only."""
+
+    def __init__(self, name: str = "edumesh test CA") -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.UTC)
+        public = self._key.public_key()
+        self._cert = (
+            x509.CertificateBuilder()
+            .subject_name(self._name)
+            .issuer_name(self._name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+
+    @property
+    def cert_pem(self) -> str:
+        """The CA certificate: what a client is given to trust (``tls_ca_pem``)."""
+        from cryptography.hazmat.primitives import serialization
+
+        return self._cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def issue(self, hostnames: tuple[str, ...] = ("localhost",)) -> tuple[str, str]:
+        """(certificate PEM, key PEM) of a server certificate for ``hostnames`` and 127.0.0.1."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        alt: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+        alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        ca_ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+            .issuer_name(self._name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        return cert_pem, key_pem
+
+
 @dataclass(frozen=True)
 class MailAccount:
     address: str
@@ -199,10 +291,19 @@ class MailAccount:
 
 
 class DovecotServer:
-    """One private Dovecot instance (see the module docstring)."""
+    """One private Dovecot instance (see the module docstring). ``ca`` issues its server
+    certificate (a fresh CA when not given); ``tls=False``: no TLS at all."""
 
-    def __init__(self, *, config: Path | None = None, base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: Path | None = None,
+        base_dir: Path | None = None,
+        ca: CertificateAuthority | None = None,
+        tls: bool = True,
+    ) -> None:
         self.config_template = config or project_config()
+        self.tls = tls
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="dovecot-"))
         self.imap_port = free_port()
@@ -210,7 +311,8 @@ class DovecotServer:
         self.lmtp_port = free_port()
         self.users: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
-        self.cert_pem, self._key_pem = self_signed_certificate()
+        self.ca = ca or CertificateAuthority()
+        self.cert_pem, self._key_pem = self.ca.issue(("localhost",))
         self._lock = threading.Lock()
         if os.geteuid() == 0:
             # Dovecot refuses to run login processes (and mail access) as root.
@@ -224,8 +326,8 @@ class DovecotServer:
 
     @property
     def ca_pem(self) -> str:
-        """The PEM a client trusts to verify this server's TLS certificate (self-signed)."""
-        return self.cert_pem
+        """The PEM a client trusts to verify this server's TLS certificate (the test CA)."""
+        return self.ca.cert_pem
 
     @property
     def mail_root(self) -> Path:
@@ -316,6 +418,9 @@ class DovecotServer:
             "MAIL_GID": str(self.account.pw_gid),
         }
         text = Template(self.config_template.read_text()).substitute(values)
+        if not self.tls:
+            # A later setting overrides an earlier one: no STARTTLS offered, no IMAPS listener.
+            text += "\n# DovecotServer(tls=False): a server without TLS\nssl = no\n"
         self.config_file.write_text(text)
 
     def start(self, timeout: float = 20.0) -> None:
@@ -340,7 +445,9 @@ class DovecotServer:
         finally:
             out.close()
         end = time.monotonic() + timeout
-        ports = (self.imap_port, self.imaps_port, self.lmtp_port)
+        ports: tuple[int, ...] = (self.imap_port, self.imaps_port, self.lmtp_port)
+        if not self.tls:
+            ports = (self.imap_port, self.lmtp_port)
         while time.monotonic() < end:
             if self.process.poll() is not None:
                 raise DovecotError(
@@ -425,6 +532,9 @@ class _RelayHandler:
         try:
             await asyncio.to_thread(self._deliver, envelope.mail_from, envelope.rcpt_tos, content)
         except smtplib.SMTPRecipientsRefused as exc:
+            # Dovecot refuses with 4xx while it is going down: temporary, as an MTA says.
+            if all(400 <= code < 500 for code, _ in exc.recipients.values()):
+                return f"451 4.3.0 delivery deferred: {sorted(exc.recipients)}"
             return f"550 5.1.1 delivery refused: {sorted(exc.recipients)}"
         except (OSError, smtplib.SMTPException) as exc:
             return f"451 4.3.0 local delivery failed: {type(exc).__name__}"
@@ -469,11 +579,14 @@ class SmtpRelay:
         *,
         port: int | None = None,
         starttls: bool = True,
+        implicit_tls: bool = False,
         process: bool = False,
     ) -> None:
         self.directory = dovecot.directory if isinstance(dovecot, DovecotServer) else dovecot
         self.port = port or free_port()
-        self.starttls = starttls
+        # implicit_tls: TLS from the first byte (port 465 style), no STARTTLS inside it.
+        self.implicit_tls = implicit_tls
+        self.starttls = starttls and not implicit_tls
         self.process = process
         self.handler = _RelayHandler(self.directory)
         self._controller: Any = None
@@ -523,6 +636,7 @@ class SmtpRelay:
             # Loopback tests log in without TLS too; with STARTTLS offered, clients may upgrade.
             auth_require_tls=False,
             tls_context=self._tls_context() if self.starttls else None,
+            ssl_context=self._tls_context() if self.implicit_tls else None,
             ready_timeout=10,
         )
         controller.start()
@@ -546,6 +660,8 @@ class SmtpRelay:
         ]
         if not self.starttls:
             args.append("--no-starttls")
+        if self.implicit_tls:
+            args.append("--implicit-tls")
         self._child = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
         end = time.monotonic() + timeout
         while time.monotonic() < end:
@@ -598,11 +714,13 @@ def _serve_relay(argv: list[str] | None = None) -> None:
     relay.add_argument("--lmtp-port", type=int, required=True)
     relay.add_argument("--tls-dir", type=Path, required=True)
     relay.add_argument("--no-starttls", action="store_true")
+    relay.add_argument("--implicit-tls", action="store_true")
     args = parser.parse_args(argv)
     front = SmtpRelay(
         MailDirectory(args.users, args.lmtp_port, args.tls_dir),
         port=args.port,
         starttls=not args.no_starttls,
+        implicit_tls=args.implicit_tls,
     )
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
@@ -614,6 +732,7 @@ def _serve_relay(argv: list[str] | None = None) -> None:
 
 
 __all__ = [
+    "CertificateAuthority",
     "DovecotError",
     "DovecotServer",
     "MailAccount",

@@ -21,7 +21,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    task_tables_upgrade_v1(op)
+    task_tables_upgrade_v1(op)  # type: ignore[arg-type]  # alembic.op proxies Operations
     upgrade_v1()
     mail_tables_upgrade_v1(op)
 
@@ -29,4 +29,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     mail_tables_downgrade_v1(op)
     downgrade_v1()
-    task_tables_downgrade_v1(op)
+    task_tables_downgrade_v1(op)  # type: ignore[arg-type]
