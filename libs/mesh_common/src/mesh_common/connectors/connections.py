@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from mesh_common.connectors.tables import ConnectorTables
 from mesh_common.db import Database
 from mesh_common.errors import Conflict, Invalid, NotFound, Unavailable
+from mesh_common.rekey import RekeyTarget
 from mesh_common.secrets import DecryptionError, SecretBox, SecretsError
 
 log = logging.getLogger("mesh.connectors")
@@ -592,3 +593,14 @@ class ConnectionStore:
                     )
                     changed += 1
         return changed
+
+
+def connections_rekey_target(tables: ConnectorTables) -> RekeyTarget:
+    """The connections' encrypted secrets, for ``python -m <service> rekey`` (key rotation)."""
+    return RekeyTarget(
+        name="connections.secrets",
+        table=tables.connections,
+        column="secrets",
+        key="name",
+        context=lambda row: ConnectionStore._context(row.name, row.kind),
+    )

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
+from mesh_common.mail.tables import MailTables
+from mesh_common.rekey import RekeyTarget
 from mesh_common.secrets import DecryptionError, SecretBox
 
 if TYPE_CHECKING:  # models imports redact() from here
@@ -130,3 +132,14 @@ def unseal(token: str, mail_id: str, box: SecretBox | None) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("text"), str):
         raise DecryptionError("the sealed content is not a mail")
     return value
+
+
+def rekey_target(tables: MailTables) -> RekeyTarget:
+    """The queue's sealed copies, for ``python -m <service> rekey`` (key rotation)."""
+    return RekeyTarget(
+        name="mail.sealed_content",
+        table=tables.queue,
+        column="sealed_content",
+        key="id",
+        context=lambda row: context_for(row.id),
+    )
