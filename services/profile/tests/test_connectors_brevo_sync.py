@@ -52,10 +52,10 @@ async def only_world(rig: Rig, ids: list[int]) -> None:
     course database is shared by the whole test session)."""
     current = await rig.client.get("/mappings/brevo-contacts", headers=admin())
     definition = current.json()["definition"]
-    definition["filter"] = {
-        "op": "and",
-        "of": [definition["filter"], {"op": "in", "field": "id", "value": ids}],
-    }
+    base = definition["filter"]
+    if base.get("op") == "and" and base["of"][-1].get("field") == "id":
+        base = base["of"][0]  # replace an earlier call's id list instead of narrowing it
+    definition["filter"] = {"op": "and", "of": [base, {"op": "in", "field": "id", "value": ids}]}
     saved = await rig.client.post(
         "/mappings",
         json=definition,
@@ -182,6 +182,38 @@ async def test_brevo_contact_sync(rig: Rig) -> None:
         assert fake.contacts[int((await links_of(rig, w.carol))[0])].email == (
             f"carol.{w.carol}@example.org"
         )
+
+        # Bob is no longer exported (here: the mapping's filter drops him, as a withdrawn
+        # newsletter consent would): his contact is deleted in Brevo, link and hash forgotten.
+        bob_contact = int((await links_of(rig, w.bob))[0])
+        await only_world(rig, [w.alice, w.carol, dave])
+        dry = await run(rig, dry_run=True)
+        assert (await items(rig, dry["id"]))[str(w.bob)]["action"] == "delete"
+        assert bob_contact in fake.contacts
+        gone = await run(rig)
+        assert gone["status"] == "succeeded", gone
+        got = await items(rig, gone["id"])
+        assert (got[str(w.bob)]["action"], got[str(w.bob)]["outcome"]) == ("delete", "ok")
+        assert bob_contact not in fake.contacts and len(fake.contacts) == 2
+        assert await links_of(rig, w.bob) == []
+        # Exported again later: created anew (not "unchanged" against a stale hash).
+        await only_world(rig, [w.alice, w.bob, w.carol, dave])
+        back = await run(rig)
+        assert (await items(rig, back["id"]))[str(w.bob)]["action"] == "create"
+        assert len(fake.contacts) == 3
+
+        # An emptied export (here: a filter that matches nobody) would delete every contact:
+        # refused as a whole, nothing deleted, the run says why.
+        await only_world(rig, [-1])
+        refused = await run(rig, params={"mass_delete_min": 0})  # production: above 10 at once
+        assert refused["status"] == "failed", refused
+        got = await items(rig, refused["id"])
+        assert got["deletions"]["outcome"] == "failed"
+        assert "refused to delete 3 of 3 Brevo contacts" in got["deletions"]["error"]
+        assert len(fake.contacts) == 3 and len(await links_of(rig, w.alice)) == 1
+        confirmed = await run(rig, params={"mass_delete_min": 0, "allow_mass_delete": True})
+        assert confirmed["status"] == "succeeded", confirmed
+        assert fake.contacts == {}
 
 
 async def notification_mail(rig: Rig) -> dict[str, Any]:

@@ -235,8 +235,19 @@ async def brevo_contact_sync(runtime: ServiceRuntime, ctx: TaskContext) -> None:
 
     hashes = await hub.markers.hashes(SYSTEM, ENTITY, tenant=conn_name)
     diff = diff_records(desired, hashes=hashes)
+    links = await hub.links.mapping(SYSTEM, ENTITY, tenant=conn_name)
+    # Contacts we created or adopted whose participant is no longer exported (deleted in the
+    # coursedb, or filtered out by the mapping, e.g. no newsletter consent any more). Records
+    # that failed to map or share an address are not "gone": their contacts stay.
+    held = {p.local_key for p in problems}
+    gone = sorted(
+        (k for k in links if k not in desired and k not in held and ctx.wanted(k)), key=int
+    )
+    deletions = await _deletions_allowed(ctx, gone, len(links))
     if ctx.dry_run:
         await report_dry_run(ctx, diff, redact=True)
+        for key in deletions:
+            await ctx.item(key, "delete", "skipped", detail={"dry_run": True})
         return
     if problems:
         await hub.markers.mark_many(
@@ -248,8 +259,35 @@ async def brevo_contact_sync(runtime: ServiceRuntime, ctx: TaskContext) -> None:
     )
     for change in diff.unchanged:
         await ctx.item(change.key, "unchanged", "unchanged")
-    links = await hub.links.mapping(SYSTEM, ENTITY, tenant=conn_name)
     async with BrevoClient.from_settings(settings) as brevo:
+        for key in deletions:
+            ctx.check_cancelled()
+            try:
+                await brevo.delete_contact(links[key], identifier_type="contact_id")
+            except BrevoError as exc:
+                if not exc.is_not_found:  # already gone in Brevo: the outcome we want
+                    remark = f"{exc.code}: {exc.message}"
+                    await hub.markers.mark(
+                        SYSTEM,
+                        ENTITY,
+                        key,
+                        "failed",
+                        tenant=conn_name,
+                        remark=remark,
+                        execution_id=ctx.execution_id,
+                    )
+                    await ctx.item(key, "delete", "failed", error=remark)
+                    continue
+            await hub.links.unlink(SYSTEM, ENTITY, key, tenant=conn_name)
+            await hub.markers.forget(
+                SYSTEM,
+                ENTITY,
+                [key],
+                tenant=conn_name,
+                remark="contact deleted in Brevo: the participant is no longer exported",
+                execution_id=ctx.execution_id,
+            )
+            await ctx.item(key, "delete", "ok", detail={"brevo_id": links[key]})
         for change in diff.pending():
             ctx.check_cancelled()
             assert change.record is not None
@@ -281,6 +319,32 @@ async def brevo_contact_sync(runtime: ServiceRuntime, ctx: TaskContext) -> None:
                 execution_id=ctx.execution_id,
             )
             await ctx.item(change.key, action, "ok", detail={"brevo_id": contact_id})
+
+
+async def _deletions_allowed(ctx: TaskContext, gone: list[str], linked: int) -> list[str]:
+    """The contacts to delete, unless the run's params forbid it (``delete_missing``: false)
+    or it looks like an accident: more than ``max_delete_fraction`` (default 0.5) of all
+    linked contacts and more than ``mass_delete_min`` (default 10) at once -- an emptied or
+    misread course database, a mapping filter gone wrong. Then nothing is deleted and the run
+    says so (one failed item ``deletions``); ``allow_mass_delete``: true confirms it."""
+    if not gone or not bool(ctx.params.get("delete_missing", True)):
+        return []
+    fraction = float(ctx.params.get("max_delete_fraction", 0.5))
+    if (
+        len(gone) > int(ctx.params.get("mass_delete_min", 10))
+        and len(gone) > fraction * linked
+        and not bool(ctx.params.get("allow_mass_delete", False))
+    ):
+        await ctx.item(
+            "deletions",
+            "delete",
+            "failed",
+            error=f"refused to delete {len(gone)} of {linked} Brevo contacts at once (more "
+            f"than {fraction:.0%}); check the course database and the mapping filter, then run "
+            "with allow_mass_delete: true",
+        )
+        return []
+    return gone
 
 
 async def _push(

@@ -176,6 +176,43 @@ class SyncMarkers(_Store):
                         changing += ["content_hash"]
                 await self._write(c, rows, changing)
 
+    async def forget(
+        self,
+        system: str,
+        entity: str,
+        local_keys: Iterable[str],
+        *,
+        tenant: str = "",
+        remark: str,
+        execution_id: str | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> int:
+        """Mark records as no longer synced (status ``skipped`` with ``remark``) and drop their
+        content hash, so a record that comes back is sent again instead of counting as
+        unchanged (e.g. after its remote copy was deleted). Returns how many markers changed."""
+        keys = [str(k) for k in local_keys]
+        changed = 0
+        async with self._tx(conn) as c:
+            for start in range(0, len(keys), 500):
+                res = await c.execute(
+                    update(self.t)
+                    .where(
+                        self.t.c.system == system,
+                        self.t.c.tenant == tenant,
+                        self.t.c.entity == entity,
+                        self.t.c.local_key.in_(keys[start : start + 500]),
+                    )
+                    .values(
+                        status="skipped",
+                        content_hash=None,
+                        remark=remark[:2000],
+                        last_sync_at=self.clock(),
+                        execution_id=execution_id,
+                    )
+                )
+                changed += int(res.rowcount or 0)
+        return changed
+
     async def _write(
         self, conn: AsyncConnection, rows: list[dict[str, Any]], changing: list[str]
     ) -> None:
