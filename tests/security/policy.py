@@ -286,6 +286,9 @@ POLICY: dict[str, Rule] = {
     "POST /api/schulconnex-sync/confirmations/{confirmation_id}/accept": SYNC_PERMISSION,
     "POST /api/schulconnex-sync/confirmations/{confirmation_id}/reject": SYNC_PERMISSION,
     "POST /api/schulconnex-sync/confirmations/bulk": SYNC_PERMISSION,
+    "POST /api/schulconnex-sync/schuljahrwechsel": SYNC_PERMISSION,
+    # The feedback mails' outbox: the mail router's staff rule behind the sync permission.
+    **{key: SYNC_STAFF for key in _outbox("schulconnex-sync")},
     **_tasks("schulconnex-sync", SYNC_STAFF),
     **_connections("schulconnex-sync", SYNC_STAFF, SYNC_ADMIN),
     **_sync_views("schulconnex-sync", "/sync-state", SYNC_STAFF),

@@ -16,7 +16,7 @@ from mesh_common.app import ServiceRuntime
 from mesh_common.auth import mint_token
 from pydantic import SecretStr
 from schulconnex_sync_service.fake import FakeSchulconnex, FakeServer
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SECRET = "s" * 40
@@ -96,8 +96,27 @@ class CourseDB:
                 )
             ).scalar_one()
 
+    async def semester(self, code: str, name: str, starts: dt.date, ends: dt.date) -> int:
+        async with self.engine.begin() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        insert(schema.semesters)
+                        .values(code=code, name=name, starts_on=starts, ends_on=ends)
+                        .returning(schema.semesters.c.id)
+                    )
+                ).scalar_one()
+            )
+
     async def course(
-        self, number: str, title: str, *, status: str = "open", sessions: int = 2
+        self,
+        number: str,
+        title: str,
+        *,
+        status: str = "open",
+        sessions: int = 2,
+        semester_id: int | None = None,
+        first: dt.date = dt.date(2025, 9, 1),
     ) -> int:
         async with self.engine.begin() as conn:
             cid = (
@@ -105,7 +124,7 @@ class CourseDB:
                     insert(schema.courses)
                     .values(
                         number=number,
-                        semester_id=self.semester_id,
+                        semester_id=semester_id or self.semester_id,
                         category_id=self.category_id,
                         title=title,
                         summary=f"{title}: Kurzbeschreibung",
@@ -120,7 +139,7 @@ class CourseDB:
                 await conn.execute(
                     insert(schema.course_sessions).values(
                         course_id=cid,
-                        session_date=dt.date(2025, 9, 1) + dt.timedelta(days=7 * i),
+                        session_date=first + dt.timedelta(days=7 * i),
                         start_time=dt.time(18, 0),
                         end_time=dt.time(19, 30),
                     )
@@ -186,6 +205,31 @@ class CourseDB:
                 ).scalar_one()
             )
 
+    async def delete_course(self, course_id: int) -> None:
+        """The course goes, with its registrations (sessions and lecturers cascade)."""
+        async with self.engine.begin() as conn:
+            r = schema.registrations
+            await conn.execute(delete(r).where(r.c.course_id == course_id))
+            cl = schema.course_lecturers
+            await conn.execute(delete(cl).where(cl.c.course_id == course_id))
+            await conn.execute(delete(schema.courses).where(schema.courses.c.id == course_id))
+
+    async def delete_participant(self, participant_id: int) -> None:
+        """The participant goes (erasure), with her registrations."""
+        async with self.engine.begin() as conn:
+            r = schema.registrations
+            await conn.execute(delete(r).where(r.c.participant_id == participant_id))
+            p = schema.participants
+            await conn.execute(delete(p).where(p.c.id == participant_id))
+
+    async def stop_teaching(self, course_id: int, lecturer_id: int) -> None:
+        """The lecturer no longer teaches the course."""
+        async with self.engine.begin() as conn:
+            cl = schema.course_lecturers
+            await conn.execute(
+                delete(cl).where(cl.c.course_id == course_id, cl.c.lecturer_id == lecturer_id)
+            )
+
     async def teach(self, course_id: int, lecturer_id: int) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -231,6 +275,24 @@ class Service:
         r = await self.client.get(f"/runs/{execution_id}", headers=ALLOWED)
         assert r.status_code == 200, r.text
         return r.json()  # type: ignore[no-any-return]
+
+    async def links(self, entity: str, tenant: str = "env") -> dict[str, str]:
+        """The link table (local key -> Schulconnex id) of one entity."""
+        from mesh_common.connectors.api import EXTRAS_KEY
+
+        hub = self.runtime.extras[EXTRAS_KEY]
+        return dict(await hub.links.mapping("schulconnex", entity, tenant=tenant))
+
+    async def decide_all(self, kind: str, decision: str = "accept", *, run: bool = True) -> str:
+        """Bulk-decide every pending confirmation of ``kind``; returns the started run's id."""
+        r = await self.client.post(
+            "/confirmations/bulk",
+            headers=ALLOWED,
+            params={"run": "true"} if run else None,
+            json={"decision": decision, "kind": kind},
+        )
+        assert r.status_code == 200, r.text
+        return str(r.json()["execution_id"])
 
     async def confirmations(self, **params: Any) -> list[dict[str, Any]]:
         r = await self.client.get("/confirmations", headers=ALLOWED, params=params)

@@ -242,3 +242,34 @@ async def test_faults_and_slow_answers(raw: tuple[Fake, httpx.AsyncClient]) -> N
     assert (await http.get("/v1/gruppen")).status_code == 503
     state = (await http.get("/_fake/state")).json()
     assert state["requests"]["fault:503"] == 1 and state["mandant"] == fake.fake.mandant
+
+
+async def test_personenkontext_deletion_rules(raw: tuple[Fake, httpx.AsyncClient]) -> None:
+    """ablauf-löschen.md: a used personenkontext cannot be deleted directly (400/13); a
+    Löschzeitpunkt in the past is refused (400/09); at its time the fake deletes it."""
+    fake, http = raw
+    pid = (await http.post("/v1/personen", json=PERSON)).json()["id"]
+    used = (await http.post(f"/v1/personen/{pid}/personenkontexte", json={"rolle": "Lern"})).json()
+    fake.fake.mark_used(used["id"])
+    r = await http.request(
+        "DELETE", f"/v1/personenkontexte/{used['id']}", json={"revision": used["revision"]}
+    )
+    assert assert_error(r, 400, "13")["titel"] == "Personenkontext wird genutzt."
+    r = await http.request("DELETE", f"/v1/personen/{pid}", json={"revision": "1"})
+    assert_error(r, 400, "12")
+    body = {k: v for k, v in used.items() if k != "organisation"}
+    past = {**body, "loeschung": {"zeitpunkt": "2020-01-01T00:00:00Z"}}
+    assert_error(await http.put(f"/v1/personenkontexte/{used['id']}", json=past), 400, "09")
+    soon = time.time() + 60
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon))
+    r = await http.put(
+        f"/v1/personenkontexte/{used['id']}", json={**body, "loeschung": {"zeitpunkt": when}}
+    )
+    assert r.status_code == 200 and r.json()["loeschung"] == {"zeitpunkt": when}, r.text
+    assert fake.fake.run_scheduled_deletions(now=soon - 5) == []
+    assert fake.fake.run_scheduled_deletions(now=soon + 1) == [used["id"]]
+    r = await http.get(f"/v1/personenkontexte/{used['id']}")
+    assert_error(r, 404, "01")
+    r = await http.request("DELETE", f"/v1/personen/{pid}", json={"revision": "1"})
+    assert r.status_code == 204, r.text
+    assert not fake.fake.request_violations()

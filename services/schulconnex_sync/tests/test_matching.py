@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from schulconnex_sync_service.local import LocalGroup, LocalMembership, LocalPerson
 from schulconnex_sync_service.matching import (
+    GONE,
     PersonDecisions,
     RemotePerson,
     match_groups,
@@ -197,3 +198,55 @@ def test_the_four_membership_cases() -> None:
     assert d["z9"].case == 3
     assert d["registration:3"].case == 4
     assert "registration:4" not in d  # cancelled and never synced: nothing to do
+
+
+def test_gone_needs_both_keys_and_loses_to_an_attribute_match() -> None:
+    """Step 9 "Löschen": ours by link *and* referrer, the local record deleted. The referrer
+    alone is the seed's case 4 (a restored backup), and a remote person that matches another
+    local record by every attribute is linked to it instead (its UUID survives)."""
+    locals_ = {p.key: p for p in [lp(2, "Bert", "Bauer", "1985-05-05")]}
+    remotes = [
+        rp("r1", "Anna", "Alt", "1990-01-01", ref="participant:1"),  # linked, deleted: gone
+        rp("r7", "Gina", "Gans", ref="participant:7"),  # our key shape, no link: case 4
+        rp("r8", "Hans", "Hahn", ref="participant:8"),  # linked elsewhere: case 4
+        rp("r9", "Bert", "Bauer", "1985-05-05", ref="participant:9"),  # merged into 2: case 2
+    ]
+    links = {"participant:1": "r1", "participant:8": "other", "participant:9": "r9"}
+    plan = match_persons(locals_, remotes, links, set(locals_))
+    assert plan.gone == [("participant:1", "r1")]
+    d = by_remote(plan)
+    assert d["r7"].case == 4 and d["r8"].case == 4  # type: ignore[attr-defined]
+    assert (d["r9"].case, d["r9"].local_key) == (2, "participant:2")  # type: ignore[attr-defined]
+
+
+def test_gone_groups_and_memberships() -> None:
+    selected = {g.key: g for g in [_group(1)]}
+    remotes = [
+        {"id": "g1", "referrer": "course:1", "typ": "Kurs"},
+        {"id": "g5", "referrer": "course:5", "typ": "Kurs"},  # linked, course deleted: gone
+        {"id": "g6", "referrer": "course:6", "typ": "Kurs"},  # no link: case 2
+        {"id": "g7", "referrer": "fremd-7", "typ": "Kurs"},  # linked, not our referrer: 3
+    ]
+    links = {"course:5": "g5", "course:7": "g7"}
+    decisions, _ = match_groups(selected, set(selected), remotes, links, ["Kurs"])
+    d = {x.remote_id: x for x in decisions}
+    assert (d["g5"].case, d["g5"].local_key) == (GONE, "course:5")
+    assert d["g6"].case == 2 and d["g7"].case == 3
+
+    members = [LocalMembership("registration:1", "course:1", "participant:1", ("Lern",), True)]
+    remote = [
+        {"id": "z1", "referrer": "registration:1", "ktid": "k1", "rollen": ["Lern"]},
+        {"id": "z2", "referrer": "registration:2", "ktid": "k2", "rollen": ["Lern"]},  # gone
+        {"id": "z3", "referrer": "registration:3", "ktid": "k3", "rollen": ["Lern"]},  # 2
+        {"id": "z4", "referrer": "course-lecturer:1:4", "ktid": "k4", "rollen": ["Lehr"]},
+    ]
+    links = {"registration:2": "z2", "course-lecturer:1:4": "z4"}
+    out = match_memberships("course:1", members, remote, links, {"participant:1": "k1"})
+    d2 = {x.remote_id: x for x in out}
+    assert (d2["z2"].case, d2["z2"].local_key) == (GONE, "registration:2")
+    assert d2["z3"].case == 2 and d2["z4"].case == GONE
+    # Lecturers not loaded in this run (not selected): their memberships are left alone.
+    out = match_memberships(
+        "course:1", members, remote, links, {"participant:1": "k1"}, loaded_kinds=["registration"]
+    )
+    assert "z4" not in {x.remote_id for x in out}

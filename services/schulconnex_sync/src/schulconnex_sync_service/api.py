@@ -7,6 +7,9 @@ tokens are issued (the identity provider), as the seed leaves it to the operator
 * ``POST /sync`` — step 1 (the button) with step 2 (the selection) in the body; ``dry_run``
   shows every planned action as the execution's items and writes nothing.
 * ``GET /selection`` — what step 2 can choose from: semesters and their course counts.
+* ``POST /schuljahrwechsel`` — the school-year change (``ablauf-schuljahrwechsel.md``): a dry
+  run shows the plan (continued and ended groups, ``GET /runs/{id}``), a real run applies a
+  reviewed plan (``plan``: that dry run's execution id).
 * ``GET /runs``, ``GET /runs/{execution_id}`` — step 11: the feedback of a run (counts per
   entity, case and outcome; the per-record log is ``/tasks/executions/{id}/items``).
 * ``/confirmations`` — pending decisions (cases 3, 4, 5; group and membership cases 2, 3;
@@ -38,6 +41,7 @@ from schulconnex_sync_service.confirmations import KINDS, STATUSES, Confirmation
 from schulconnex_sync_service.connection import ENV_TENANT
 from schulconnex_sync_service.local import DEFAULT_STATUSES, Selection
 from schulconnex_sync_service.models import runs as runs_table
+from schulconnex_sync_service.schuljahr import ChangeOptions
 from schulconnex_sync_service.tasks import CONFIRMATIONS, TASK
 
 SCOPE = "schulconnex.sync"
@@ -105,6 +109,76 @@ async def start_sync(body: SyncRequest, request: Request, principal: Allowed) ->
     execution_id = await _runner(request).run_now(
         TASK, params=_params(body, principal.subject), dry_run=body.dry_run
     )
+    return Accepted(execution_id=execution_id)
+
+
+class ChangeRequest(ChangeOptions):
+    """The school-year change: the options of the guide's dialog, and the plan confirmed."""
+
+    connection: str | None = Field(
+        default=None, description="a stored connection; default: the SCHULCONNEX_* environment"
+    )
+    dry_run: bool = Field(default=True, description="show the plan only (the default)")
+    plan: str | None = Field(
+        default=None,
+        description="execution id of the dry run whose plan was reviewed (needed unless dry_run)",
+    )
+
+
+async def _check_change(engine: AsyncEngine, body: ChangeRequest) -> None:
+    """Unknown semesters or course numbers are the caller's mistake: 400 before any run."""
+    s, c = schema.semesters, schema.courses
+    async with engine.connect() as conn:
+        sems = {
+            r.code: r.id
+            for r in await conn.execute(
+                select(s.c.code, s.c.id).where(s.c.code.in_([body.from_semester, body.to_semester]))
+            )
+        }
+        missing = [x for x in (body.from_semester, body.to_semester) if x not in sems]
+        if missing:
+            raise Invalid(f"unknown semester(s): {', '.join(missing)}", code="invalid-selection")
+        numbers = set(body.continuations) | set(body.delete_after)
+        wanted = {n for n in body.continuations.values() if n is not None}
+        found = {
+            r.number: r.semester_id
+            for r in await conn.execute(
+                select(c.c.number, c.c.semester_id).where(c.c.number.in_(numbers | wanted))
+            )
+        }
+    wrong = sorted(n for n in numbers if found.get(n) != sems[body.from_semester])
+    wrong += sorted(n for n in wanted if found.get(n) != sems[body.to_semester])
+    if wrong:
+        raise Invalid(
+            f"not courses of {body.from_semester} (keys) or {body.to_semester} (values): "
+            + ", ".join(wrong[:20]),
+            code="invalid-continuation",
+        )
+
+
+@router.post(
+    "/schuljahrwechsel",
+    status_code=202,
+    response_model=Accepted,
+    summary="School-year change: plan (dry run) or apply a reviewed plan",
+)
+async def start_change(body: ChangeRequest, request: Request, principal: Allowed) -> Accepted:
+    if not body.dry_run and not body.plan:
+        raise Invalid(
+            "review the plan first: run with dry_run=true, then pass that execution id as 'plan'",
+            code="plan-required",
+        )
+    await _check_change(_runtime(request).extras["coursedb"], body)
+    params: dict[str, Any] = {
+        "mode": "schuljahrwechsel",
+        "change": body.model_dump(exclude={"connection", "dry_run", "plan"}),
+        "requested_by": principal.subject,
+    }
+    if body.plan:
+        params["plan"] = body.plan
+    if body.connection:
+        params["connection"] = body.connection
+    execution_id = await _runner(request).run_now(TASK, params=params, dry_run=body.dry_run)
     return Accepted(execution_id=execution_id)
 
 
@@ -270,7 +344,9 @@ class ConfirmationPage(BaseModel):
 
 
 Status = Literal["pending", "accepted", "rejected", "applied", "obsolete"]
-Kind = Literal["person-match", "person-import", "group-import", "membership-import", "conflict"]
+Kind = Literal[
+    "person-match", "person-import", "group-import", "membership-import", "conflict", "delete"
+]
 assert set(Status.__args__) == set(STATUSES) and set(Kind.__args__) == set(KINDS)  # type: ignore[attr-defined]
 
 

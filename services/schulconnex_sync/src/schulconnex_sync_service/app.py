@@ -8,7 +8,14 @@ from typing import Any
 from coursedb.engine import create_engine as create_coursedb_engine
 from fastapi import APIRouter, Depends, FastAPI
 from mesh_common.app import ServiceRuntime, create_service_app
-from mesh_common.connectors import connection_router, connector_hooks, sync_router
+from mesh_common.connectors import (
+    connection_router,
+    connector_hooks,
+    mail_delivery,
+    sync_router,
+)
+from mesh_common.connectors.api import EXTRAS_KEY as CONNECTORS
+from mesh_common.mail import mail_hooks, mail_router
 from mesh_common.tasks import task_hooks, task_router
 
 from schulconnex_sync_service import __doc__ as DOC
@@ -17,8 +24,10 @@ from schulconnex_sync_service.api import permission, router
 from schulconnex_sync_service.confirmations import ConfirmationStore
 from schulconnex_sync_service.connection import kinds
 from schulconnex_sync_service.models import connectors as connector_tables
+from schulconnex_sync_service.models import mail as mail_tables
 from schulconnex_sync_service.models import metadata
 from schulconnex_sync_service.models import tasks as task_tables
+from schulconnex_sync_service.notify import SyncNotifier, rule_lookup
 from schulconnex_sync_service.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -53,11 +62,32 @@ def create_app(settings: Settings | None = None, **task_options: Any) -> FastAPI
     settings = settings or Settings()
     holder: dict[str, ServiceRuntime] = {}
     registry = sync_tasks.build(holder, settings)
-    start_tasks, stop_tasks = task_hooks(registry, task_tables, **task_options)
+    notifier: dict[str, SyncNotifier] = {}
+
+    async def on_finish(execution: dict[str, Any]) -> None:
+        # Seed step 11 by mail (opt-in): see schulconnex_sync_service.notify.
+        if "n" in notifier:
+            await notifier["n"](execution)
+
+    start_tasks, stop_tasks = task_hooks(registry, task_tables, on_finish=on_finish, **task_options)
     start_connectors, stop_connectors = connector_hooks(connector_tables, kinds=kinds())
+    start_mail, stop_mail = mail_hooks(mail_tables)
 
     async def remember(runtime: ServiceRuntime) -> None:
         holder["runtime"] = runtime
+
+    async def wire_notifier(runtime: ServiceRuntime) -> None:
+        notifier["n"] = SyncNotifier(
+            runtime.db,
+            task_tables,
+            mail_delivery(runtime.db, mail_tables, category="schulconnex-sync"),
+            rule_lookup(
+                lambda: runtime.extras[CONNECTORS],
+                (list(settings.sync_notify_recipients), list(settings.sync_notify_on)),
+            ),
+            task=sync_tasks.TASK,
+            service=settings.service_name,
+        )
 
     return create_service_app(
         settings,
@@ -69,10 +99,12 @@ def create_app(settings: Settings | None = None, **task_options: Any) -> FastAPI
                 task_router(),
                 connection_router(),
                 sync_router(prefix="/sync-state"),
+                mail_router(),
             ),
         ],
         metadata=metadata,
         migrations=MIGRATIONS,
-        on_startup=[remember, _open, start_connectors, start_tasks],
-        on_shutdown=[stop_tasks, stop_connectors, _close],
+        on_startup=[remember, _open, start_connectors, start_mail, wire_notifier, start_tasks],
+        # Run in reverse: the tasks stop first, the course database goes last.
+        on_shutdown=[_close, stop_connectors, stop_mail, stop_tasks],
     )

@@ -22,6 +22,11 @@ What it guarantees:
   record up by its referrer instead of creating a duplicate.
 * **Bounded concurrency**: at most ``max_concurrency`` requests in flight (a semaphore; waiting
   for a retry does not hold a slot).
+* **Cheap per call**: API calls go straight through one aiohttp session (keep-alive pool of
+  ``max_concurrency`` connections, JSON encoded and decoded once); authlib (over httpx) only
+  obtains and renews tokens. The httpx API with authlib's request wrapper cost more than twice
+  the CPU per call (about 1 ms against 0.45 ms, measured against the fake on localhost), which
+  is most of a first sync of 30,000 calls.
 * **Credentials are never logged**: they live in ``SecretStr`` until handed to authlib, and
   nothing here logs a header, a body or the config.
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json as jsonlib
 import logging
 import random
 import time
@@ -41,10 +47,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import aiohttp
 import httpx
 from authlib.integrations.httpx_client import AsyncOAuth2Client, OAuthError
 from httpx_aiohttp import AiohttpTransport
+from multidict import CIMultiDictProxy
 from pydantic import SecretStr
+from yarl import URL
 
 from schulconnex_sync_service.errors import (
     AmbiguousWrite,
@@ -123,7 +132,19 @@ def _retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
-def _error_from(resp: httpx.Response, method: str, path: str) -> SchulconnexError:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One HTTP answer, read completely (status, headers, body)."""
+
+    status_code: int
+    headers: CIMultiDictProxy[str] | Mapping[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+def _error_from(resp: _Answer | httpx.Response, method: str, path: str) -> SchulconnexError:
     body: dict[str, Any] = {}
     try:
         parsed = resp.json()
@@ -144,6 +165,11 @@ def _error_from(resp: httpx.Response, method: str, path: str) -> SchulconnexErro
         method=method,
         path=path,
     )
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON, UTF-8 as is (what the server gets as the request body)."""
+    return jsonlib.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
@@ -221,7 +247,25 @@ class SchulconnexClient:
             transport=transport,
         )
         self._base = config.base_url.rstrip("/")
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[str, URL] = {}
+        self._session: aiohttp.ClientSession | None = None
+        # Timeouts as httpx.Timeout(t) had them: connecting (including waiting for a pooled
+        # connection) and each read at most t; no limit on the whole exchange.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.timeout_seconds, sock_read=config.timeout_seconds
+        )
+
+    def _api(self) -> aiohttp.ClientSession:
+        """The API session, made on first use (inside the running event loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.config.max_concurrency + 2, enable_cleanup_closed=False
+                ),
+                timeout=self._timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # the API uses no cookies
+            )
+        return self._session
 
     async def __aenter__(self) -> SchulconnexClient:
         return self
@@ -230,6 +274,9 @@ class SchulconnexClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         await self._http.aclose()
 
     def __repr__(self) -> str:
@@ -320,7 +367,7 @@ class SchulconnexClient:
 
     # ------------------------------------------------------------------ core
 
-    async def _backoff(self, attempt: int, resp: httpx.Response | None) -> None:
+    async def _backoff(self, attempt: int, resp: _Answer | httpx.Response | None) -> None:
         cfg = self.config
         now = self._clock()
         hinted = _retry_after(resp.headers.get("Retry-After"), now) if resp is not None else None
@@ -356,35 +403,34 @@ class SchulconnexClient:
         url = self._url(path, _clean_params(params))
         attempt = 0
         renewals = 0
+        data = _dumps(json).encode() if json is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        session = self._api()
         while True:
             await self._wait_gate()
             await self._ensure_token()
             token = self._http.token
-            resp: httpx.Response | None = None
+            headers["Authorization"] = f"Bearer {token['access_token']}"
+            resp: _Answer | None = None
             async with self._sem:
                 self.stats.requests += 1
                 try:
-                    resp = await self._http.request(
-                        method,
-                        url,
-                        json=json,
-                        # The bearer token from authlib's token, set here: authlib's own
-                        # signing rebuilds (and re-parses) every request.
-                        withhold_token=True,
-                        headers={"Authorization": f"Bearer {token['access_token']}"},
-                    )
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    async with session.request(
+                        method, url, data=data, headers=headers, allow_redirects=False
+                    ) as raw:
+                        resp = _Answer(raw.status, raw.headers, await raw.read())
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     # Only a refused connection proves the server never saw the request.
-                    sent = not isinstance(exc, httpx.ConnectError)
+                    sent = not isinstance(exc, aiohttp.ClientConnectorError)
+                    kind = "ReadTimeout" if isinstance(exc, TimeoutError) else type(exc).__name__
                     if method == "POST" and sent:
                         raise AmbiguousWrite(
-                            f"{method} {path}: {type(exc).__name__}; the server may have "
-                            "created the record",
+                            f"{method} {path}: {kind}; the server may have created the record",
                             method=method,
                             path=path,
                         ) from None
                     error: SchulconnexError = Unavailable(
-                        f"{method} {path}: {type(exc).__name__}", method=method, path=path
+                        f"{method} {path}: {kind}", method=method, path=path
                     )
             if resp is None:
                 if attempt < cfg.max_retries:
@@ -421,15 +467,15 @@ class SchulconnexClient:
                 return None
             return resp.json()
 
-    def _url(self, path: str, query: dict[str, str] | None) -> httpx.URL:
-        """The absolute URL, parsed once per distinct path (httpx's URL parsing is slow)."""
+    def _url(self, path: str, query: dict[str, str] | None) -> URL:
+        """The absolute URL, parsed once per distinct path (URL parsing is not free)."""
         if query:
-            return httpx.URL(self._base + path, params=query)
+            return URL(self._base + path).with_query(query)
         url = self._urls.get(path)
         if url is None:
             if len(self._urls) > 4096:
                 self._urls.clear()
-            url = self._urls[path] = httpx.URL(self._base + path)
+            url = self._urls[path] = URL(self._base + path)
         return url
 
     # ------------------------------------------------------------------ personen

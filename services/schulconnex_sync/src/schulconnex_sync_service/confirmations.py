@@ -3,8 +3,9 @@
 Life of one (``sc_confirmations``, one row per tenant and subject):
 
 ``pending``  a run found the question (person case 3 "which local person is this?", cases 4
-             and 5 "import?", group and membership cases 2 and 3 "import?", or a concurrent
-             change that a 409 revealed: "overwrite theirs with ours?"). Later runs refresh it
+             and 5 "import?", group and membership cases 2 and 3 "import?", a concurrent
+             change that a 409 revealed: "overwrite theirs with ours?", or step 9's "delete
+             this record of ours, whose local record is gone?"). Later runs refresh it
              (candidates, what Schulconnex holds) and do not act on the subject meanwhile.
 ``accepted`` / ``rejected``  a person decided (REST, singly or in bulk). Nothing happens yet:
              the next run applies the decision with fresh data (seed steps 5, 6, 9, 10), so a
@@ -39,7 +40,14 @@ PENDING, ACCEPTED, REJECTED, APPLIED, OBSOLETE = (
     "obsolete",
 )
 STATUSES = (PENDING, ACCEPTED, REJECTED, APPLIED, OBSOLETE)
-KINDS = ("person-match", "person-import", "group-import", "membership-import", "conflict")
+KINDS = (
+    "person-match",
+    "person-import",
+    "group-import",
+    "membership-import",
+    "conflict",
+    "delete",
+)
 
 
 @dataclass

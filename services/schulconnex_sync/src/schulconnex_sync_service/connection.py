@@ -16,7 +16,7 @@ from mesh_common.errors import Invalid
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from schulconnex_sync_service.client import ClientConfig, SchulconnexClient
-from schulconnex_sync_service.settings import Settings
+from schulconnex_sync_service.settings import NotifyStatus, Settings, check_addresses
 
 KIND = "schulconnex"
 ENV_TENANT = "env"
@@ -42,8 +42,13 @@ class SchulconnexConnection(ConnectionSettings):
     scope: str | None = None
     max_concurrency: int = Field(default=8, ge=1, le=64)
     max_retries: int = Field(default=5, ge=0, le=10)
+    # Seed step 11 by mail, opt-in: who gets the feedback of this connection's runs, and for
+    # which final statuses.
+    notify_recipients: list[str] = Field(default_factory=list, max_length=50)
+    notify_on: list[NotifyStatus] = ["partially_succeeded", "failed"]
 
     _urls = field_validator("base_url", "token_url")(_http_url)
+    _addresses = field_validator("notify_recipients")(check_addresses)
 
     @model_validator(mode="after")
     def _password_grant(self) -> SchulconnexConnection:

@@ -520,3 +520,65 @@ async def import_membership(
         )
     ).scalar_one()
     return f"registration:{row_id}"
+
+
+# --------------------------------------------------------------------------- periods (change)
+
+
+async def load_period(
+    engine: AsyncEngine, semester: str, statuses: Iterable[str] | None = None
+) -> tuple[list[Any], dt.date]:
+    """The courses of one semester (``statuses``: all when None) for the school-year change:
+    number, title, lecturers, active participants, first and last session (else the semester's
+    bounds). Returns ``(courses, the semester's last day)``; Invalid for an unknown semester."""
+    from schulconnex_sync_service.schuljahr import PeriodCourse
+
+    c, s, cs = schema.courses, schema.semesters, schema.course_sessions
+    reg, cl = schema.registrations, schema.course_lecturers
+    async with engine.connect() as conn:
+        sem = (
+            await conn.execute(
+                select(s.c.id, s.c.starts_on, s.c.ends_on).where(s.c.code == semester)
+            )
+        ).first()
+        if sem is None:
+            raise Invalid(f"unknown semester {semester!r}", code="invalid-selection")
+        query = select(c.c.id, c.c.number, c.c.title).where(c.c.semester_id == sem.id)
+        if statuses is not None:
+            query = query.where(c.c.status.in_(list(statuses)))
+        rows = (await conn.execute(query.order_by(c.c.number))).all()
+        ids = [r.id for r in rows]
+        lecturers: dict[int, set[str]] = {}
+        participants: dict[int, set[str]] = {}
+        spans: dict[int, tuple[Any, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for r in await conn.execute(
+                select(cl.c.course_id, cl.c.lecturer_id).where(cl.c.course_id.in_(chunk))
+            ):
+                lecturers.setdefault(r.course_id, set()).add(f"{LECTURER}:{r.lecturer_id}")
+            for r in await conn.execute(
+                select(reg.c.course_id, reg.c.participant_id).where(
+                    reg.c.course_id.in_(chunk), reg.c.status.in_(list(SEAT_HOLDING_STATUSES))
+                )
+            ):
+                participants.setdefault(r.course_id, set()).add(f"{PARTICIPANT}:{r.participant_id}")
+            for r in await conn.execute(
+                select(cs.c.course_id, func.min(cs.c.session_date), func.max(cs.c.session_date))
+                .where(cs.c.course_id.in_(chunk))
+                .group_by(cs.c.course_id)
+            ):
+                spans[r[0]] = (r[1], r[2])
+    courses = [
+        PeriodCourse(
+            key=f"course:{r.id}",
+            number=r.number,
+            title=r.title,
+            lecturers=frozenset(lecturers.get(r.id, ())),
+            participants=frozenset(participants.get(r.id, ())),
+            von=_iso(spans.get(r.id, (sem.starts_on, None))[0]),
+            bis=_iso(spans.get(r.id, (None, sem.ends_on))[1]),
+        )
+        for r in rows
+    ]
+    return courses, sem.ends_on

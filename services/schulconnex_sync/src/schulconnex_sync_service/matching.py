@@ -21,6 +21,14 @@ Persons (seed step 4, six cases):
 6. a selected local person left over after 1-4 (and not a candidate of a pending case 3) →
    create in Schulconnex.
 
+**Gone** (seed step 9 "Löschen", not a matching case of the seed): a Schulconnex person that
+would be case 4 (our ``referrer``, no such local record) **and** that our link table links to
+that very key is one this centre created or matched and has deleted since. It is not offered
+for import but for deletion (:attr:`PersonPlan.gone`). The referrer alone is not enough: the
+seed's case 4 is exactly "our key, unknown here" after a restored backup, so only both keys
+together prove ownership. A person that matches another local record by attributes (case 2) is
+linked to it instead: the Schulconnex id survives (a merge of two local duplicates).
+
 The centre's database has no place of birth, so the attribute set compared is family name,
 first name and date of birth (the seed lists "Geburt: Datum, Ort"); a Schulconnex
 ``geburtsort`` is therefore never required. Lecturers have no date of birth: they can only
@@ -32,6 +40,11 @@ types configured as importable); 4 selected course left over → create. Members
 same four cases within each matched group; their natural key (group, personenkontext) counts as
 a key, so a membership someone else created for the same person and group is adopted rather than
 duplicated.
+
+Groups and memberships can also be **gone** (:data:`GONE`, case 0): ours by both keys (the link
+table links the Schulconnex id to a local key and the ``referrer`` is that key) and that key no
+longer exists locally → delete (seed step 9), never for records without our link: those are
+case 2 (import after confirmation) or belong to another system.
 """
 
 # Names really contain these dashes and apostrophes; they are normalised away on purpose.
@@ -39,9 +52,11 @@ duplicated.
 
 from __future__ import annotations
 
+import gc
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -155,9 +170,25 @@ class PersonDecisions:
 class PersonPlan:
     decisions: list[PersonDecision]
     stale_links: list[str]  # local keys whose linked remote person no longer exists
+    # (local key, remote id): ours by link and referrer, the local record deleted → delete
+    gone: list[tuple[str, str]] = field(default_factory=list)
 
     def by_case(self) -> Counter[int]:
         return Counter(d.case for d in self.decisions)
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Matching allocates hundreds of thousands of small tuples and lists (no reference cycles)
+    over a large live heap: the cyclic collector would scan that heap again and again, about
+    half of the time at 100,000 persons. Reference counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def match_persons(
@@ -172,6 +203,17 @@ def match_persons(
     ``links`` maps local key → Schulconnex id (the link table). Every local person takes part
     in matching; only those in ``scope`` are created (case 6) or updated.
     """
+    with _no_cyclic_gc():
+        return _match_persons(locals_, remotes, links, scope, decisions)
+
+
+def _match_persons(
+    locals_: Mapping[str, LocalPerson],
+    remotes: Iterable[RemotePerson],
+    links: Mapping[str, str],
+    scope: set[str],
+    decisions: PersonDecisions | None,
+) -> PersonPlan:
     decisions = decisions or PersonDecisions()
     remotes = list(remotes)
     by_remote_id = {r.id: r for r in remotes}
@@ -251,6 +293,7 @@ def match_persons(
 
     rejected = decisions.rejected_pairs
     pending_candidates: set[str] = set()
+    gone: list[tuple[str, str]] = []
     for r, nk, full in remote_keys:
         # Case 2: every attribute present on both sides and equal, unique on both sides.
         if full is not None:
@@ -290,6 +333,10 @@ def match_persons(
                 continue
         # Case 4: it carries one of our keys that does not exist here; case 5: nothing.
         if parse_key(r.referrer) is not None and r.referrer not in locals_:
+            if local_of_remote.get(r.id) == r.referrer:
+                # Both keys say it is ours: we deleted the local record (not a restored backup).
+                gone.append((str(r.referrer), r.id))
+                continue
             out.append(PersonDecision(4, None, r.id, "none", note=f"referrer {r.referrer} unknown"))
         elif parse_key(r.referrer) is not None:
             # Our key, the record exists but is taken by another Schulconnex person (a
@@ -312,15 +359,18 @@ def match_persons(
             )
         else:
             out.append(PersonDecision(6, key, None, "none"))
-    return PersonPlan(out, stale)
+    return PersonPlan(out, stale, gone)
 
 
 # --------------------------------------------------------------------------- groups
 
+#: Case of a group or membership that is ours by both keys but gone locally: delete it.
+GONE = 0
+
 
 @dataclass(frozen=True, slots=True)
 class GroupDecision:
-    case: int  # 1..4
+    case: int  # 1..4, or GONE
     local_key: str | None
     remote_id: str | None
     via: str
@@ -361,6 +411,9 @@ def match_groups(
             continue
         ref = g.get("referrer")
         if parse_key(ref) is not None and str(ref).startswith("course:"):
+            if local_of_remote.get(g["id"]) == ref and ref not in all_local_keys:
+                out.append(GroupDecision(GONE, ref, g["id"], "link", note="course deleted"))
+                continue
             out.append(GroupDecision(2, None, g["id"], "none", note=f"referrer {ref} unknown"))
         elif g.get("typ") in importable:
             out.append(GroupDecision(3, None, g["id"], "none"))
@@ -383,7 +436,7 @@ def match_groups(
 
 @dataclass(frozen=True, slots=True)
 class MembershipDecision:
-    case: int  # 1..4
+    case: int  # 1..4, or GONE
     local_key: str | None
     remote_id: str | None
     group_key: str
@@ -400,13 +453,20 @@ def match_memberships(
     *,
     local_of_remote: Mapping[str, str] | None = None,
     person_of_kontext: Mapping[str, str] | None = None,
+    loaded_kinds: Iterable[str] = ("registration", "course-lecturer"),
 ) -> list[MembershipDecision]:
     """Seed step 8 for the memberships of one matched group.
 
     ``kontext_of_person`` maps a local person key to the id of its personenkontext in
     Schulconnex (known after step 5). Keys: the link table, our ``referrer``, then the natural
     key (group, personenkontext). The two inverse mappings may be passed in when the caller
-    matches many groups (computed once instead of once per group)."""
+    matches many groups (computed once instead of once per group).
+
+    ``loaded_kinds`` are the kinds of local membership the caller loaded for this group
+    (``registration`` with the participants, ``course-lecturer`` with the lecturers). A
+    membership with our key of a kind that was not loaded is neither gone nor unknown: it is
+    left alone (no decision)."""
+    kinds = frozenset(loaded_kinds)
     locals_list = list(local_members)
     by_key = {m.key: m for m in locals_list}
     if person_of_kontext is None:
@@ -441,6 +501,12 @@ def match_memberships(
             continue
         ref = z.get("referrer")
         if is_our_membership_key(ref):
+            if str(ref).partition(":")[0] not in kinds:
+                continue  # not loaded in this run (participants or lecturers not selected)
+            if local_of_remote.get(z["id"]) == ref and ref not in by_key:
+                # Ours by both keys, and no longer a membership of this course here.
+                out.append(MembershipDecision(GONE, ref, z["id"], group_key, "link", "gone"))
+                continue
             out.append(
                 MembershipDecision(2, None, z["id"], group_key, "none", f"referrer {ref} unknown")
             )

@@ -12,6 +12,10 @@ Nothing else writes here.
   person?", cases 4/5 and group cases 2/3 "import?", conflicting concurrent changes). One row per
   subject; a run creates or refreshes it, a person accepts or rejects it, a later run applies it.
 * ``sc_runs``: the feedback of each run (seed step 11): counts per entity, case and outcome.
+* ``mesh_mail_queue`` / ``mesh_mail_attachments``: the mail outbox of the feedback mails.
+* ``sc_group_transitions``: the school-year change (``ablauf-schuljahrwechsel.md``): which
+  course's Schulconnex group was continued by which course of the new period, and which ended
+  (deleted at once, or its deletion due at ``delete_at``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from mesh_common.bus.inbox import inbox_table
 from mesh_common.bus.outbox import outbox_table
 from mesh_common.connectors import connector_tables
 from mesh_common.db import service_metadata
+from mesh_common.mail import mail_tables
 from mesh_common.tasks import task_tables
 from sqlalchemy import JSON, Boolean, Column, Float, Index, SmallInteger, String, Table, Text
 
@@ -28,6 +33,7 @@ outbox = outbox_table(metadata)
 inbox = inbox_table(metadata)
 tasks = task_tables(metadata)
 connectors = connector_tables(metadata)
+mail = mail_tables(metadata)
 
 _Epoch = Float(precision=53)
 
@@ -79,3 +85,24 @@ runs = Table(
     Column("summary", JSON, nullable=False),
     Column("message", Text, nullable=True),
 )
+
+transitions = Table(
+    "sc_group_transitions",
+    metadata,
+    Column("tenant", String(100), primary_key=True),
+    Column("local_key", String(200), primary_key=True),  # the old period's course
+    Column("kind", String(16), nullable=False),  # continued | ended
+    # continued: the group now belongs to ``successor``; ended: scheduled (deletion due at
+    # ``delete_at``) → deleted | kept (not ours any more when it was due)
+    Column("status", String(16), nullable=False),
+    Column("remote_id", String(200), nullable=False),  # the Schulconnex group
+    Column("successor", String(200), nullable=True),  # continued: the new period's course
+    Column("from_semester", String(8), nullable=False),
+    Column("to_semester", String(8), nullable=False),
+    Column("delete_at", _Epoch, nullable=True),
+    Column("note", Text, nullable=True),
+    Column("execution_id", String(64), nullable=False),
+    Column("created_at", _Epoch, nullable=False),
+    Column("updated_at", _Epoch, nullable=False),
+)
+Index("ix_sc_group_transitions_due", transitions.c.status, transitions.c.delete_at)

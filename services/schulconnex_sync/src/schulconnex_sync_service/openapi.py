@@ -31,8 +31,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ ENTRY = "api-qs.yaml"
 #: The server URL of the specification (``servers[0]``). Requests are validated as if they were
 #: sent to it: our base URL is mapped onto it, so any host works.
 SPEC_HOST = "https://schulconnex.test"
+_UNSET: Any = object()
 SPEC_BASE_PATH = "/v1"
 
 FIXUPS: tuple[str, ...] = (
@@ -248,6 +249,188 @@ def check_request(request: ValidationRequest) -> str | None:
 
 # --------------------------------------------------------------------------- compiled validation
 
+#: A compiled verdict: True when the value is valid.
+Check = Callable[[Any], bool]
+
+
+class _Unsupported(Exception):
+    """A schema keyword the fast checks do not implement: that schema keeps openapi-core."""
+
+
+def _always(value: Any) -> bool:
+    return True
+
+
+def _never(value: Any) -> bool:
+    return False
+
+
+class FastChecks:
+    """The schemas of this specification as plain Python predicates, with the semantics of
+    openapi-schema-validator's OAS 3.0 validators (``OAS30WriteValidator`` for requests,
+    ``OAS30ReadValidator`` for responses) on jsonschema, which openapi-core uses.
+
+    jsonschema walks a schema for every value, building a validator object per subschema on
+    the way (``evolve``/``descend``): most of the fake server's CPU per request. The keywords
+    this specification uses (``type``, ``properties``, ``required``, ``items``, ``allOf``,
+    ``enum``, ``maxLength``, ``pattern``, ``format``, ``readOnly``/``writeOnly``, plus
+    annotations) are compiled once into closures, each mirroring the keyword's code:
+
+    * ``type``: the OAS 3.0 type checker (``None`` is never of a type: no ``nullable`` here);
+    * ``required``: a missing property whose schema in the same object is ``readOnly`` (write)
+      / ``writeOnly`` (read) is not required;
+    * ``readOnly`` (write) / ``writeOnly`` (read): any value is an error;
+    * ``format``: the very format checker of openapi-core's validator (``conforms``);
+    * ``pattern``: ``re.search`` (or the ECMA regex openapi-schema-validator would use).
+
+    Any other keyword raises :class:`_Unsupported` while compiling, and that schema keeps
+    openapi-core's validator: nothing is skipped silently. A ``False`` verdict is always
+    explained by openapi-core (the message and the 400 subcode stay openapi-core's), and a
+    disagreement is reported, so the fast path can only ever be as strict as openapi-core.
+    """
+
+    ANNOTATIONS = frozenset({"description", "example", "title", "deprecated", "externalDocs"})
+    KEYWORDS = frozenset(
+        {
+            "type",
+            "properties",
+            "required",
+            "items",
+            "allOf",
+            "enum",
+            "maxLength",
+            "pattern",
+            "format",
+            "readOnly",
+            "writeOnly",
+        }
+    )
+
+    def __init__(self, *, write: bool, type_checker: Any, format_checker: Any) -> None:
+        self.write = write
+        self.types = type_checker
+        self.formats = format_checker
+
+    def compile(self, schema: Any) -> Check:
+        if not isinstance(schema, Mapping):
+            raise _Unsupported(f"schema of type {type(schema).__name__}")
+        unknown = set(schema) - self.KEYWORDS - self.ANNOTATIONS
+        if unknown:
+            raise _Unsupported(", ".join(sorted(unknown)))
+        checks: list[Check] = []
+        forbidden = "readOnly" if self.write else "writeOnly"
+        if schema.get(forbidden) is True:
+            return _never  # "Tried to write read-only property" / "read write-only"
+        if "type" in schema:
+            checks.append(self._type(schema["type"]))
+        if "enum" in schema:
+            checks.append(self._enum(list(schema["enum"])))
+        if "maxLength" in schema:
+            limit = int(schema["maxLength"])
+            checks.append(lambda v: not isinstance(v, str) or len(v) <= limit)
+        if "pattern" in schema:
+            checks.append(self._pattern(str(schema["pattern"])))
+        if "format" in schema:
+            fmt, conforms = str(schema["format"]), self.formats.conforms
+            checks.append(lambda v: v is None or bool(conforms(v, fmt)))
+        if "properties" in schema or "required" in schema:
+            checks.append(self._object(schema))
+        if "items" in schema:
+            item = self.compile(schema["items"])
+            checks.append(lambda v: not isinstance(v, list) or all(item(x) for x in v))
+        if "allOf" in schema:
+            parts = [self.compile(sub) for sub in schema["allOf"]]
+            checks.append(lambda v: all(part(v) for part in parts))
+        if not checks:
+            return _always
+        if len(checks) == 1:
+            return checks[0]
+        first, *rest = checks
+        return lambda v: first(v) and all(c(v) for c in rest)
+
+    def _type(self, name: Any) -> Check:
+        if not isinstance(name, str):
+            raise _Unsupported(f"type {name!r}")
+        if name == "string":
+            return lambda v: isinstance(v, str)
+        if name == "object":
+            return lambda v: isinstance(v, dict)
+        if name == "array":
+            return lambda v: isinstance(v, list)
+        is_type = self.types.is_type
+        return lambda v: v is not None and bool(is_type(v, name))
+
+    @staticmethod
+    def _enum(values: list[Any]) -> Check:
+        if all(isinstance(x, str) for x in values):
+            allowed = frozenset(values)
+            return lambda v: isinstance(v, str) and v in allowed
+        from jsonschema._utils import equal
+
+        return lambda v: any(equal(v, x) for x in values)
+
+    @staticmethod
+    def _pattern(pattern: str) -> Check:
+        from openapi_schema_validator._regex import has_ecma_regex
+
+        if has_ecma_regex():
+            from openapi_schema_validator._regex import search as ecma_search
+
+            # An unusable pattern is an error there too (ECMARegexSyntaxError): refuse.
+            def ecma(v: Any) -> bool:
+                try:
+                    return not isinstance(v, str) or bool(ecma_search(pattern, v))
+                except ValueError:
+                    return False
+
+            return ecma
+        import re
+
+        search = re.compile(pattern).search
+        return lambda v: not isinstance(v, str) or search(v) is not None
+
+    def _object(self, schema: Mapping[str, Any]) -> Check:
+        properties = schema.get("properties") or {}
+        flag = "readOnly" if self.write else "writeOnly"
+        required = tuple(
+            name
+            for name in schema.get("required") or ()
+            if not (isinstance(properties.get(name), Mapping) and properties[name].get(flag))
+        )
+        compiled = {name: self.compile(sub) for name, sub in properties.items()}
+
+        def check(value: Any) -> bool:
+            if not isinstance(value, dict):
+                return True
+            for name in required:
+                if name not in value:
+                    return False
+            for name, item in value.items():
+                sub = compiled.get(name)
+                if sub is not None and not sub(item):
+                    return False
+            return True
+
+        return check
+
+
+def _fast(factory: Any, spec: Any, schema_path: Any, validator: Any, write: bool) -> Check | None:
+    """Fast checks for one schema, or None when it uses a keyword they do not implement."""
+    inner = validator.validator  # the jsonschema validator openapi-core built for it
+    checks = FastChecks(
+        write=write, type_checker=inner.TYPE_CHECKER, format_checker=inner.format_checker
+    )
+    try:
+        return checks.compile(_plain(schema_path))
+    except _Unsupported:
+        return None
+
+
+def _plain(path: Any) -> Any:
+    """The schema at a jsonschema-path location as plain data (the document is inlined)."""
+    with path.open() as content:
+        return copy.deepcopy(content)
+
 
 @dataclass
 class _Param:
@@ -255,6 +438,7 @@ class _Param:
     location: str
     required: bool
     validator: Any
+    fast: Check | None = None
 
 
 @dataclass
@@ -263,6 +447,8 @@ class _Operation:
     body_required: bool
     body: Any  # openapi-core SchemaValidator of the JSON request body, or None
     responses: dict[str, Any]  # status -> SchemaValidator of the JSON content, or None
+    fast_body: Check | None = None
+    fast_responses: dict[str, Check | None] = field(default_factory=dict)
 
 
 class CompiledValidator:
@@ -278,6 +464,11 @@ class CompiledValidator:
     typed parameters; declared response status and content) with the walking done once. The
     fake can run both and record any disagreement (``validation="both"``, what the tests do),
     so it can never silently accept what openapi-core would refuse.
+
+    The schemas themselves are checked by :class:`FastChecks` first (openapi-core's validator
+    explains a refusal, so messages are unchanged); a value the fast checks refuse but
+    openapi-core accepts is recorded in :attr:`disagreements` (the fake turns each into a
+    violation) and accepted, openapi-core being the reference.
     """
 
     def __init__(self, api: OpenAPI | None = None) -> None:
@@ -290,6 +481,7 @@ class CompiledValidator:
         self._read = oas30_read_schema_validators_factory
         self.spec = (api or openapi()).spec
         self._ops: dict[tuple[str, str], _Operation] = {}
+        self.disagreements: list[str] = []
 
     def _operation(self, method: str, pattern: str) -> _Operation:
         key = (method.lower(), pattern)
@@ -307,32 +499,51 @@ class CompiledValidator:
                 continue
             for param in owner / "parameters":
                 schema = param / "schema"
+                validator = self._write.create(self.spec, schema)
                 params.append(
                     _Param(
                         name=(param / "name").read_str(),
                         location=(param / "in").read_str(),
                         required=(param / "required").read_bool(default=False),
-                        validator=self._write.create(self.spec, schema),
+                        validator=validator,
+                        fast=_fast(self._write, self.spec, schema, validator, True),
                     )
                 )
-        body_required, body = False, None
+        body_required, body, fast_body = False, None, None
         if "requestBody" in operation:
             request_body = operation / "requestBody"
             body_required = (request_body / "required").read_bool(default=False)
-            body = self._write.create(
-                self.spec, request_body / "content" / "application/json" / "schema"
-            )
+            schema = request_body / "content" / "application/json" / "schema"
+            body = self._write.create(self.spec, schema)
+            fast_body = _fast(self._write, self.spec, schema, body, True)
         responses: dict[str, Any] = {}
+        fast_responses: dict[str, Check | None] = {}
         for status in (operation / "responses").keys():
             response = operation / "responses" / status
             content = response / "content" if "content" in response else None
             if content is not None and "application/json" in content:
-                responses[str(status)] = self._read.create(
-                    self.spec, content / "application/json" / "schema"
-                )
+                schema = content / "application/json" / "schema"
+                validator = self._read.create(self.spec, schema)
+                responses[str(status)] = validator
+                fast_responses[str(status)] = _fast(self._read, self.spec, schema, validator, False)
             else:
                 responses[str(status)] = None
-        return _Operation(params, body_required, body, responses)
+        return _Operation(params, body_required, body, responses, fast_body, fast_responses)
+
+    def _checked(self, fast: Check | None, validator: Any, value: Any, where: str) -> None:
+        """Raise openapi-core's error if ``value`` is invalid; the fast checks decide first."""
+        if fast is not None:
+            if fast(value):
+                return
+            try:
+                validator.validate(value)
+            except Exception:
+                raise
+            self.disagreements.append(
+                f"{where}: the fast checks refused a value openapi-core accepts"
+            )
+            return
+        validator.validate(value)
 
     @staticmethod
     def _schema_error(where: str, exc: Exception) -> str:
@@ -347,7 +558,10 @@ class CompiledValidator:
         query: Mapping[str, str],
         body: bytes | None,
         content_type: str,
+        value: Any = _UNSET,
     ) -> str | None:
+        """None when valid, else openapi-core's explanation. ``value``: the body already
+        parsed (saves parsing it twice)."""
         op = self._operation(method, pattern)
         for param in op.params:
             source = path_params if param.location == "path" else query
@@ -358,7 +572,7 @@ class CompiledValidator:
                     return f"MissingRequiredParameter: {param.location} parameter {param.name}"
                 continue
             try:
-                param.validator.validate(source[param.name])
+                self._checked(param.fast, param.validator, source[param.name], param.name)
             except Exception as exc:
                 return self._schema_error(f"Parameter {param.name}", exc)
         if not body:
@@ -371,20 +585,29 @@ class CompiledValidator:
             return None  # a body the operation does not take is ignored, like openapi-core
         if not content_type.lower().startswith("application/json"):
             return f"MediaTypeNotFound: Content for {content_type!r} not found"
+        if value is _UNSET:
+            try:
+                value = json.loads(body)
+            except ValueError:
+                return (
+                    "RequestBodyValidationError: Failed to deserialize value with "
+                    "application/json mimetype"
+                )
         try:
-            value = json.loads(body)
-        except ValueError:
-            return (
-                "RequestBodyValidationError: Failed to deserialize value with "
-                "application/json mimetype"
-            )
-        try:
-            op.body.validate(value)
+            self._checked(op.fast_body, op.body, value, f"{method.upper()} {pattern} body")
         except Exception as exc:
             return self._schema_error("InvalidRequestBody: Request body", exc)
         return None
 
-    def response(self, method: str, pattern: str, status: int, body: bytes | None) -> str | None:
+    def response(
+        self,
+        method: str,
+        pattern: str,
+        status: int,
+        body: bytes | None,
+        payload: Any = _UNSET,
+    ) -> str | None:
+        """None when valid; ``payload``: what ``body`` encodes (saves parsing it again)."""
         op = self._operation(method, pattern)
         key = str(status)
         if key not in op.responses:
@@ -397,9 +620,13 @@ class CompiledValidator:
         if not body:
             return "MissingData: missing response data"
         try:
-            validator.validate(json.loads(body))
+            value = json.loads(body) if payload is _UNSET else payload
         except ValueError:
             return "Failed to deserialize the response body"
+        try:
+            self._checked(
+                op.fast_responses.get(key), validator, value, f"{method.upper()} {pattern} {key}"
+            )
         except Exception as exc:
             return self._schema_error("InvalidData: Response data", exc)
         return None

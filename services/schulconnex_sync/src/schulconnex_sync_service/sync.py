@@ -12,10 +12,15 @@ Step          Here
 7 groups      ``GET /gruppen`` (groups with their memberships)
 8 match       :func:`~schulconnex_sync_service.matching.match_groups` and
               :func:`~schulconnex_sync_service.matching.match_memberships` (four cases each)
-9 write       :meth:`SyncRun._group`, :meth:`SyncRun._memberships` (PUT/POST/DELETE)
+9 write       :meth:`SyncRun._group`, :meth:`SyncRun._memberships` (PUT/POST/DELETE);
+              "Löschen": :meth:`SyncRun._deletion` for what is ours and gone locally
+              (memberships, groups, then persons: personenkontext first)
 10 import     :meth:`SyncRun._import_group`, :meth:`SyncRun._import_membership`
 11 feedback   :class:`Report`: counts per entity, case and outcome, stored in ``sc_runs`` and
-              shown by ``GET /runs/{execution_id}``; the per-record log is the execution's items
+              shown by ``GET /runs/{execution_id}``; the per-record log is the execution's items;
+              mailed by :mod:`schulconnex_sync_service.notify` when configured
+--            the school-year change (:mod:`schulconnex_sync_service.schuljahr`) between 8 and
+              9: :meth:`SyncRun._plan_change`, :meth:`SyncRun._end_groups`
 ============  ==============================================================================
 
 Principles: every record is one item (``ctx.item``) with its case, action and outcome; a dry
@@ -40,7 +45,7 @@ from typing import Any
 
 from mesh_common.connectors import Connectors, MarkerUpdate
 from mesh_common.tasks import TaskCancelled, TaskContext
-from sqlalchemy import and_, delete, insert, or_, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schulconnex_sync_service import local as localdb
@@ -48,6 +53,7 @@ from schulconnex_sync_service import records
 from schulconnex_sync_service.client import SchulconnexClient
 from schulconnex_sync_service.confirmations import (
     ACCEPTED,
+    APPLIED,
     PENDING,
     REJECTED,
     ConfirmationStore,
@@ -57,13 +63,21 @@ from schulconnex_sync_service.confirmations import (
 from schulconnex_sync_service.errors import (
     AmbiguousWrite,
     AuthError,
+    BadRequest,
     NotFoundError,
     SchulconnexError,
     StaleRevision,
     Unavailable,
 )
-from schulconnex_sync_service.local import ImportRefused, LocalData, LocalPerson, Selection
+from schulconnex_sync_service.local import (
+    ImportRefused,
+    LocalData,
+    LocalPerson,
+    Selection,
+    is_our_membership_key,
+)
 from schulconnex_sync_service.matching import (
+    GONE,
     GroupDecision,
     PersonDecision,
     PersonDecisions,
@@ -73,6 +87,8 @@ from schulconnex_sync_service.matching import (
     match_persons,
 )
 from schulconnex_sync_service.models import runs as runs_table
+from schulconnex_sync_service.models import transitions as transitions_table
+from schulconnex_sync_service.schuljahr import ChangeOptions, Plan, make_plan
 
 log = logging.getLogger("schulconnex.sync")
 
@@ -87,6 +103,8 @@ ENTITY_LABEL = {E_PERSON: "persons", E_GRUPPE: "groups", E_MEMBER: "memberships"
 Json = dict[str, Any]
 #: Dry run: the personenkontext a real run would create (memberships then show as planned).
 PLANNED = "<planned>"
+#: The report's "case" of a deletion (seed step 9 "Löschen"; not one of the seed's cases).
+CASE_GONE = "gone"
 
 
 class RunAborted(Exception):
@@ -139,6 +157,11 @@ class Report:
                 "updated": total("update"),
                 "linked": total("link"),
                 "deleted": total("delete"),
+                "deletions_pending": sum(
+                    n
+                    for k, n in self.actions.items()
+                    if k.split("|")[0].endswith(".confirm-delete")
+                ),
                 "imported": total("import"),
                 "unchanged": sum(n for k, n in self.actions.items() if k.endswith("|unchanged")),
                 "confirmations_pending": sum(
@@ -170,6 +193,12 @@ class SyncDeps:
     import_course_category: str | None = None
     width: int = 16  # records in flight at once (the client bounds the requests)
     abort_after_unavailable: int = 25
+    # Seed step 9 "Löschen": what this centre created in Schulconnex and no longer has is
+    # deleted after a person confirmed it ("confirm"), at once ("auto"), or never ("off").
+    delete_mode: str = "confirm"
+    # A personenkontext already used by services cannot be deleted directly (400/13): its
+    # Löschzeitpunkt is set this many days ahead (at least a few minutes).
+    kontext_deletion_days: float = 0.0
 
 
 class _Outcome(Exception):
@@ -198,6 +227,14 @@ class SyncRun:
         self.markers: dict[str, list[MarkerUpdate]] = {}
         self.link_map: dict[str, dict[str, str]] = {}  # entity -> local key -> remote id
         self.pending_links: list[tuple[str, str, str]] = []
+        self.pending_unlinks: list[tuple[str, str]] = []
+        self.gone_persons: list[tuple[str, Json]] = []  # (local key, Personendatensatz)
+        # The school-year change (schuljahr.py): the plan, what it changes, and the
+        # transitions of earlier changes (old course key -> row of sc_group_transitions).
+        self.plan: Plan | None = None
+        self.transitions: dict[str, dict[str, Any]] = {}
+        self.transition_rows: list[dict[str, Any]] = []
+        self.continued_gids: set[str] = set()
         self.kontext_of_person: dict[str, str] = {}  # local person key -> kontext id
         self._unavailable_in_a_row = 0
         self.failed_persons: set[str] = set()
@@ -285,6 +322,32 @@ class SyncRun:
         if not self.dry:
             self.pending_links.append((entity, local_key, remote_id))
 
+    def _unlink(self, entity: str, local_key: str) -> None:
+        """Forget a link (the Schulconnex record was deleted, or is not ours any more)."""
+        self.link_map.setdefault(entity, {}).pop(local_key, None)
+        if not self.dry:
+            self.pending_unlinks.append((entity, local_key))
+
+    async def _flush_unlinks(self) -> None:
+        if self.dry or not self.pending_unlinks:
+            return
+        batch, self.pending_unlinks = self.pending_unlinks, []
+        table = self.deps.connectors.tables.links
+        by_entity: dict[str, list[str]] = {}
+        for entity, local_key in batch:
+            by_entity.setdefault(entity, []).append(local_key)
+        async with self.deps.confirmations.db.engine.begin() as conn:
+            for entity, keys in by_entity.items():
+                for start in range(0, len(keys), 400):
+                    await conn.execute(
+                        delete(table).where(
+                            table.c.system == SYSTEM,
+                            table.c.tenant == self.deps.tenant,
+                            table.c.entity == entity,
+                            table.c.local_key.in_(keys[start : start + 400]),
+                        )
+                    )
+
     async def _flush_links(self) -> None:
         """Write the new links, a few hundred per statement.
 
@@ -292,7 +355,8 @@ class SyncRun:
         sync makes tens of thousands. This writes the framework's table with the same rules,
         set-based: a local record has one Schulconnex id per entity and tenant, and a
         Schulconnex id belongs to one local record, so a new link replaces the rows of both its
-        local key and its external key."""
+        local key and its external key. Unlinks go first (a key is never both in one run)."""
+        await self._flush_unlinks()
         if self.dry or not self.pending_links:
             return
         batch, self.pending_links = self.pending_links, []
@@ -399,13 +463,26 @@ class SyncRun:
 
     # ------------------------------------------------------------------ the eleven steps
 
-    async def run(self, selection: Selection) -> Json:
+    async def run(
+        self,
+        selection: Selection,
+        *,
+        change: ChangeOptions | None = None,
+        plan_id: str | None = None,
+    ) -> Json:
+        """The eleven steps for ``selection``; with ``change`` the school-year change
+        (ablauf-schuljahrwechsel.md, see schuljahr.py): ``selection`` is the new period, the old
+        period's groups are continued or ended between steps 8 and 9, and a real run needs
+        ``plan_id``, a dry run whose plan is still the same."""
         started = time.time()
         deps = self.deps
+        self.selection = selection
         await self._start_report(selection, started)
         try:
             # Step 2: the selection (and all local persons for matching).
             data = await localdb.load(deps.coursedb, selection)
+            self.transitions = await self._load_transitions()
+            self._drop_transitioned(data)
             self.confirmed = await deps.confirmations.by_subject(deps.tenant)
             for entity in (E_PERSON, E_KONTEXT, E_GRUPPE, E_MEMBER):
                 self.link_map[entity] = await self.links.mapping(SYSTEM, entity, tenant=deps.tenant)
@@ -416,8 +493,20 @@ class SyncRun:
             await self._flush_links()
             # Step 7: the tenant's groups with their memberships.
             gruppen = await self.client.list_gruppen()
-            # Steps 8-10.
+            if change is not None:
+                # School-year change: which old groups are continued (re-linked to their
+                # successor, so step 9 updates them) and which end.
+                await self._plan_change(change, plan_id, gruppen)
+            # Steps 8-10 (with the deletions of step 9: memberships, then groups).
             await self._groups(data, gruppen)
+            if change is not None:
+                # Ended groups last: nothing is deleted before the new period exists.
+                await self._end_groups(gruppen)
+            # Step 9 for persons: after the memberships (a personenkontext in use by a
+            # membership cannot be deleted directly) and after everything new exists.
+            await self._pool(self.gone_persons, lambda g: self._gone_person(g[0], g[1]))
+            # Groups of earlier changes whose deletion is due.
+            await self._due_deletions()
             await self._flush_links()
         except RunAborted as exc:
             self.report.notes.append(str(exc))
@@ -451,6 +540,7 @@ class SyncRun:
         deps = self.deps
         try:
             await self._flush_links()
+            await self._flush_transitions()
             if not self.dry:
                 execution_id = self.ctx.execution_id
                 await deps.confirmations.ask(deps.tenant, self.questions, execution_id)
@@ -462,6 +552,7 @@ class SyncRun:
                             "person-import",
                             "group-import",
                             "membership-import",
+                            "delete",
                         ),
                         keep=self.asked,
                         execution_id=execution_id,
@@ -478,6 +569,8 @@ class SyncRun:
                 "token_renewals_after_401": self.client.stats.token_refreshes_after_401,
             }
             summary["seconds"] = round(time.time() - started, 3)
+            if self.plan is not None:
+                summary["schuljahrwechsel"] = self.plan.as_dict()
             async with deps.confirmations.db.engine.begin() as conn:
                 await conn.execute(
                     update(runs_table)
@@ -523,6 +616,7 @@ class SyncRun:
             decisions,
         )
         imports: list[PersonDecision] = []
+        self.gone_persons = [(key, by_id[rid]) for key, rid in plan.gone]
 
         async def handle(dec: PersonDecision) -> None:
             if dec.case in (1, 2, 3) and dec.local_key is not None:
@@ -1002,12 +1096,18 @@ class SyncRun:
             rejected,
         )
         imports: list[GroupDecision] = []
+        gone: list[GroupDecision] = []
         # Computed once for every group's membership matching (not once per group).
         self._members_of: dict[str, list[localdb.LocalMembership]] = {}
         for m in data.memberships.values():
             self._members_of.setdefault(m.group_key, []).append(m)
         self._member_of_remote = {ext: key for key, ext in self.link_map[E_MEMBER].items()}
         self._person_of_kontext = {kt: pk for pk, kt in self.kontext_of_person.items()}
+        # Groups other groups refer to (referenzgruppen): deleting one needs a person's word.
+        self._referenced: dict[str, list[str]] = {}
+        for d in gruppen:
+            for ref in d["gruppe"].get("referenzgruppen") or []:
+                self._referenced.setdefault(str(ref.get("grupid")), []).append(d["gruppe"]["id"])
         member_jobs: list[tuple[str, str | None, list[Json]]] = []  # (group key, gid, remote zs)
 
         async def handle(dec: GroupDecision) -> None:
@@ -1025,6 +1125,8 @@ class SyncRun:
             elif dec.case == 4 and dec.local_key is not None:
                 gid = await self._create_group(data.groups[dec.local_key])
                 member_jobs.append((dec.local_key, gid, []))
+            elif dec.case == GONE and dec.local_key is not None:
+                gone.append(dec)
             elif dec.case in (2, 3):
                 if not dec.in_scope:
                     self.report.add(E_GRUPPE, dec.case, "gruppe.not-importable", "skipped")
@@ -1038,6 +1140,8 @@ class SyncRun:
         await self._pool(decisions, handle)
         # Memberships of every selected group (step 8 second half, step 9).
         await self._pool(member_jobs, lambda job: self._memberships(data, job[0], job[1], job[2]))
+        # Step 9 "Löschen": groups whose course was deleted here (after everything new exists).
+        await self._pool(gone, lambda dec: self._gone_group(dec, by_id[dec.remote_id]))
         # Step 10: import accepted groups (with the memberships of known persons).
         await self._pool(imports, lambda dec: self._import_group(dec, by_id[dec.remote_id]))
 
@@ -1274,6 +1378,7 @@ class SyncRun:
             self.kontext_of_person,
             local_of_remote=self._member_of_remote,
             person_of_kontext=self._person_of_kontext,
+            loaded_kinds=self._loaded_member_kinds(),
         )
         by_id = {z["id"]: z for z in remote}
         by_key = {m.key: m for m in local_members}
@@ -1283,6 +1388,10 @@ class SyncRun:
                 await self._membership(dec, by_key[dec.local_key], gid, by_id[dec.remote_id or ""])
             elif dec.case == 4 and dec.local_key is not None:
                 await self._create_membership(by_key[dec.local_key], gid)
+            elif dec.case == GONE and dec.local_key is not None:
+                await self._gone_membership(
+                    dec.local_key, gid, group_key, by_id[dec.remote_id or ""]
+                )
             elif dec.case in (2, 3):
                 await self._membership_question(dec, gid, by_id[dec.remote_id or ""], group_key)
 
@@ -1298,7 +1407,20 @@ class SyncRun:
         detail: Json = {"remote_id": zid, "via": dec.via}
         try:
             if not lm.active:
-                # The registration was cancelled: the membership goes (one DELETE per record).
+                # The registration was cancelled: the membership goes (one DELETE per record),
+                # but only one that is ours: found by our link or our referrer. One another
+                # system created for the same person (natural key) is left alone.
+                if dec.via == "natural-key" or self.deps.delete_mode == "off":
+                    note = (
+                        "the registration was cancelled, but this membership was created by "
+                        "another system: not ours to delete"
+                        if dec.via == "natural-key"
+                        else "deleting in Schulconnex is switched off (SYNC_DELETE_MODE=off)"
+                    )
+                    await self.item(
+                        E_MEMBER, key, 1, "delete", "skipped", local_key=key, note=note, **detail
+                    )
+                    return
                 if self.dry:
                     await self.item(
                         E_MEMBER,
@@ -1528,3 +1650,787 @@ class SyncRun:
             error = (exc.error or str(exc)) if isinstance(exc, _Outcome) else self._failure(exc)
             await self.deps.confirmations.failed(row["id"], error)
             await self.item(E_MEMBER, key, dec.case, "import", "failed", error, remote_id=zid)
+
+    # ------------------------------------------------------------------ deletions (step 9)
+
+    def _loaded_member_kinds(self) -> tuple[str, ...]:
+        """Which kinds of local membership this run loaded (only those can be missing)."""
+        selection = getattr(self, "selection", None) or Selection()
+        kinds = []
+        if selection.participants:
+            kinds.append("registration")
+        if selection.lecturers:
+            kinds.append("course-lecturer")
+        return tuple(kinds)
+
+    def _our_membership(self, z: Mapping[str, Any]) -> bool:
+        """A membership this centre manages: linked, or carrying one of our keys."""
+        return z.get("id") in self._member_of_remote or is_our_membership_key(z.get("referrer"))
+
+    async def _deletion(
+        self,
+        entity: str,
+        key: str,
+        rid: str,
+        *,
+        reason: str,
+        remote: Json,
+        perform: Callable[[], Awaitable[tuple[str, Json]]],
+        revision: str | None = None,
+        blocked: str | None = None,
+        in_progress: bool = False,
+    ) -> None:
+        """Seed step 9 "Löschen" for one record that is ours and gone locally.
+
+        ``SYNC_DELETE_MODE``: ``confirm`` asks a person first (confirmation kind ``delete``;
+        the next run after an accept deletes, with fresh data), ``auto`` deletes at once,
+        ``off`` only reports. A ``blocked`` deletion (it would take records of other systems
+        along) is always asked, and a rejected one is kept. ``in_progress``: a deletion decided
+        earlier is being finished (a person's Löschzeitpunkt is set): no new question."""
+        if not self.ctx.wanted(key):
+            return
+        detail: Json = {"remote_id": rid, "via": "link", "note": None}
+        if self.deps.delete_mode == "off":
+            detail["note"] = "deleting in Schulconnex is switched off (SYNC_DELETE_MODE=off)"
+            await self.item(entity, key, CASE_GONE, "delete", "skipped", local_key=key, **detail)
+            return
+        subject = subject_of("delete", entity, rid)
+        row = self.confirmed.get(subject)
+        if row is not None and row["status"] == REJECTED:
+            detail["note"] = "kept: the deletion was rejected"
+            await self.item(entity, key, CASE_GONE, "delete", "skipped", local_key=key, **detail)
+            return
+        accepted = row is not None and row["status"] == ACCEPTED
+        ask = not in_progress and not accepted
+        if ask and (self.deps.delete_mode == "confirm" or blocked is not None):
+            self.ask(
+                Question(
+                    kind="delete",
+                    entity=entity,
+                    case_no=0,
+                    subject=subject,
+                    reason=reason + (f" Note: {blocked}." if blocked else ""),
+                    remote_id=rid,
+                    local_key=key,
+                    remote=remote,
+                    remote_revision=revision,
+                )
+            )
+            await self.item(
+                entity,
+                key,
+                CASE_GONE,
+                "confirm-delete",
+                "skipped",
+                local_key=key,
+                blocked=blocked,
+                **detail,
+            )
+            return
+        if self.dry:
+            detail["planned"] = "delete"
+            await self.item(entity, key, CASE_GONE, "delete", "skipped", local_key=key, **detail)
+            return
+        try:
+            outcome, extra = await perform()
+        except _Outcome as o:
+            await self.item(
+                entity, key, CASE_GONE, "delete", o.outcome, o.error, local_key=key, **detail
+            )
+            return
+        except SchulconnexError as exc:
+            await self.item(
+                entity,
+                key,
+                CASE_GONE,
+                "delete",
+                "failed",
+                self._failure(exc),
+                local_key=key,
+                **detail,
+            )
+            return
+        if accepted and row is not None:
+            # Not deleted after all (changed meanwhile): the question is void, asked anew if
+            # it still arises.
+            done = (
+                self.obsolete_confirmations if outcome == "skipped" else self.applied_confirmations
+            )
+            done.append(row["id"])
+        self._note_success()
+        await self.item(
+            entity, key, CASE_GONE, "delete", outcome, local_key=key, **{**detail, **extra}
+        )
+
+    async def _delete_checked(
+        self,
+        record: Json,
+        *,
+        owned: Callable[[Json], bool],
+        fetch: Callable[[], Awaitable[Json]],
+        delete: Callable[[str], Awaitable[None]],
+        revision_of: Callable[[Json], str] = lambda r: str(r["revision"]),
+    ) -> str:
+        """DELETE with the revision we read; on 409 read the record again and decide again
+        (is it still ours?), then delete with the fresh revision, once. Returns ``deleted``,
+        ``gone`` (404: someone was faster) or ``kept`` (no longer ours: not deleted)."""
+        try:
+            await delete(revision_of(record))
+            return "deleted"
+        except NotFoundError:
+            return "gone"
+        except StaleRevision:
+            pass
+        try:
+            fresh = await fetch()
+        except NotFoundError:
+            return "gone"
+        if not owned(fresh):
+            return "kept"
+        try:
+            await delete(revision_of(fresh))
+            return "deleted"
+        except NotFoundError:
+            return "gone"
+        except StaleRevision:
+            raise _Outcome(
+                "failed",
+                "delete",
+                "the record changed again while we deleted it (409 twice); retry later",
+            ) from None
+
+    # groups
+
+    async def _gone_group(self, dec: GroupDecision, datensatz: Json) -> None:
+        key = dec.local_key or ""
+        gruppe = datensatz["gruppe"]
+        gid = str(gruppe["id"])
+        members = datensatz.get("gruppenzugehoerigkeiten") or []
+        foreign = [z for z in members if not self._our_membership(z)]
+        referenced = self._referenced.get(gid, [])
+        blockers = []
+        if foreign:
+            blockers.append(f"{len(foreign)} of its memberships belong to other systems")
+        if referenced:
+            blockers.append(f"{len(referenced)} other group(s) refer to it (referenzgruppen)")
+        remote = {
+            **records.summary_of_group(gruppe, len(members)),
+            "foreign_memberships": len(foreign),
+            "referenced_by": referenced,
+        }
+        accepted = (self.confirmed.get(subject_of("delete", E_GRUPPE, gid)) or {}).get(
+            "status"
+        ) == ACCEPTED
+        await self._deletion(
+            E_GRUPPE,
+            key,
+            gid,
+            reason=(
+                f"the course {key} no longer exists here: delete its group "
+                f"{gruppe.get('bezeichnung')!r} in Schulconnex (with its {len(members)} "
+                "memberships)?"
+            ),
+            remote=remote,
+            revision=gruppe.get("revision"),
+            blocked="; ".join(blockers) or None,
+            perform=lambda: self._delete_group(key, datensatz, accepted),
+        )
+
+    async def _delete_group(self, key: str, datensatz: Json, accepted: bool) -> tuple[str, Json]:
+        gid = str(datensatz["gruppe"]["id"])
+
+        theirs = False
+
+        def owned(fresh: Json) -> bool:
+            # Still ours, and (unless a person accepted it) still nothing of others inside.
+            nonlocal theirs
+            if fresh["gruppe"].get("referrer") != key:
+                theirs = True
+                return False
+            return accepted or not any(
+                not self._our_membership(z) for z in fresh.get("gruppenzugehoerigkeiten") or []
+            )
+
+        result = await self._delete_checked(
+            datensatz,
+            owned=owned,
+            fetch=lambda: self.client.get_gruppe(gid),
+            delete=lambda rev: self.client.delete_gruppe(gid, rev),
+            revision_of=lambda d: str(d["gruppe"]["revision"]),
+        )
+        if result == "kept" and theirs:
+            self._unlink(E_GRUPPE, key)
+            return "skipped", {"note": "its referrer changed in Schulconnex: not ours any more"}
+        if result == "kept":
+            return "skipped", {
+                "note": "memberships of other systems were added meanwhile: not deleted; the "
+                "next run asks again"
+            }
+        # Deleting a group deletes its memberships (api-qs.yaml): their links go too.
+        self._unlink(E_GRUPPE, key)
+        for z in datensatz.get("gruppenzugehoerigkeiten") or []:
+            member_key = self._member_of_remote.get(z["id"])
+            if member_key is not None:
+                self._unlink(E_MEMBER, member_key)
+        if result == "gone":
+            return "unchanged", {"note": "already deleted in Schulconnex"}
+        return "ok", {}
+
+    # memberships
+
+    async def _gone_membership(self, key: str, gid: str, group_key: str, z: Json) -> None:
+        zid = str(z["id"])
+
+        async def perform() -> tuple[str, Json]:
+            result = await self._delete_checked(
+                z,
+                owned=lambda fresh: fresh.get("referrer") == key,
+                fetch=lambda: self._fetch_membership(zid),
+                delete=lambda rev: self.client.delete_gruppenzugehoerigkeit(zid, rev),
+            )
+            self._unlink(E_MEMBER, key)
+            if result == "kept":
+                return "skipped", {"note": "its referrer changed in Schulconnex: not ours any more"}
+            if result == "gone":
+                return "unchanged", {"note": "already deleted in Schulconnex"}
+            return "ok", {}
+
+        await self._deletion(
+            E_MEMBER,
+            key,
+            zid,
+            reason=f"{key} no longer exists in {group_key} here: delete the membership in "
+            "Schulconnex?",
+            remote={
+                "gruppe": gid,
+                "group_key": group_key,
+                "ktid": z.get("ktid"),
+                "rollen": z.get("rollen"),
+                "referrer": z.get("referrer"),
+            },
+            revision=z.get("revision"),
+            # In a school-year change the reviewed plan decided the continued groups' members.
+            in_progress=gid in self.continued_gids,
+            perform=perform,
+        )
+
+    # persons (ablauf-löschen.md: all personenkontexte first, then the person)
+
+    def _our_kontexte(self, key: str, kontexte: list[Json]) -> tuple[list[Json], list[Json]]:
+        linked = self.link_map[E_KONTEXT].get(key)
+        ours: list[Json] = []
+        others: list[Json] = []
+        for k in kontexte:
+            mine = k.get("id") == linked or str(k.get("referrer") or "").startswith(key + "/")
+            (ours if mine else others).append(k)
+        return ours, others
+
+    def _deletion_time(self) -> str:
+        """The Löschzeitpunkt we set: ``KONTEXT_DELETION_DAYS`` ahead, never in the past when it
+        arrives (ablauf-löschen.md: "darf nicht in der Vergangenheit liegen")."""
+        import datetime as dt
+
+        ahead = max(self.deps.kontext_deletion_days * 86400.0, 300.0)
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ahead)
+        return when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    async def _gone_person(self, key: str, datensatz: Json) -> None:
+        person = datensatz["person"]
+        rid = str(person["id"])
+        ours, _ = self._our_kontexte(key, datensatz.get("personenkontexte") or [])
+        row = self.confirmed.get(subject_of("delete", E_PERSON, rid))
+        in_progress = (row is not None and row["status"] == APPLIED) or any(
+            (k.get("loeschung") or {}).get("zeitpunkt") for k in ours
+        )
+        name = person.get("name") or {}
+        await self._deletion(
+            E_PERSON,
+            key,
+            rid,
+            reason=(
+                f"{key} no longer exists here: delete {name.get('vorname')} "
+                f"{name.get('familienname')} in Schulconnex (our personenkontext first, then the "
+                "person if it has no other)?"
+            ),
+            remote=records.summary_of_person(datensatz),
+            revision=person.get("revision"),
+            in_progress=in_progress,
+            perform=lambda: self._delete_person(key, datensatz),
+        )
+
+    async def _delete_person(self, key: str, datensatz: Json) -> tuple[str, Json]:
+        rid = str(datensatz["person"]["id"])
+        ours, others = self._our_kontexte(key, datensatz.get("personenkontexte") or [])
+        scheduled: list[str] = []
+        newly_scheduled = deleted = 0
+        for k in ours:
+            when = (k.get("loeschung") or {}).get("zeitpunkt")
+            if when:
+                scheduled.append(str(when))
+                continue
+            result, when = await self._delete_kontext(key, k)
+            if result == "scheduled":
+                scheduled.append(str(when))
+                newly_scheduled += 1
+            elif result in ("deleted", "gone"):
+                deleted += 1
+            else:  # kept: not ours any more
+                others.append(k)
+        if scheduled:
+            # Schulconnex deletes it then; a later run deletes the person (ablauf-löschen.md).
+            return ("ok" if newly_scheduled else "unchanged"), {
+                "scheduled": min(scheduled),
+                "note": "personenkontext in use by services: Löschzeitpunkt "
+                f"{min(scheduled)} set; the person follows once Schulconnex deleted it",
+            }
+        if ours:
+            self._unlink(E_KONTEXT, key)
+        if others:
+            return ("ok" if deleted else "unchanged"), {
+                "deleted": "personenkontext" if deleted else None,
+                "note": "the person keeps personenkontexte of other roles or organisations: "
+                "only ours was deleted",
+            }
+
+        theirs = False
+
+        def owned(fresh: Json) -> bool:
+            nonlocal theirs
+            theirs = fresh["person"].get("referrer") != key
+            return not theirs and not fresh.get("personenkontexte")
+
+        try:
+            result = await self._delete_checked(
+                datensatz,
+                owned=owned,
+                fetch=lambda: self.client.get_person(rid),
+                delete=lambda rev: self.client.delete_person(rid, rev),
+                revision_of=lambda d: str(d["person"]["revision"]),
+            )
+        except BadRequest as exc:
+            if exc.subcode != "12":
+                raise
+            result = "kept"  # 400/12: someone gave it a personenkontext meanwhile
+        if result == "kept" and theirs:
+            self._unlink(E_PERSON, key)
+            return "skipped", {"note": "its referrer changed in Schulconnex: not ours any more"}
+        if result == "kept":
+            return "skipped", {
+                "note": "it got a new personenkontext meanwhile: not deleted; the next run "
+                "decides again"
+            }
+        self._unlink(E_PERSON, key)
+        return (
+            ("ok", {"deleted": "person"})
+            if result == "deleted"
+            else (
+                "unchanged",
+                {"note": "already deleted in Schulconnex"},
+            )
+        )
+
+    async def _delete_kontext(self, key: str, kontext: Json) -> tuple[str, str | None]:
+        """DELETE our personenkontext; if services already use it (400/13) set its
+        Löschzeitpunkt instead (ablauf-löschen.md). Returns (deleted|gone|kept|scheduled,
+        the Löschzeitpunkt)."""
+        kid = str(kontext["id"])
+
+        def ours(k: Json) -> bool:
+            return bool(
+                k.get("id") == self.link_map[E_KONTEXT].get(key)
+                or str(k.get("referrer") or "").startswith(key + "/")
+            )
+
+        try:
+            return (
+                await self._delete_checked(
+                    kontext,
+                    owned=ours,
+                    fetch=lambda: self._fetch_kontext(kid),
+                    delete=lambda rev: self.client.delete_personenkontext(kid, rev),
+                ),
+                None,
+            )
+        except BadRequest as exc:
+            if exc.subcode != "13":
+                raise
+        when = self._deletion_time()
+        current = kontext
+        for attempt in range(2):
+            if attempt:
+                try:
+                    current = await self._fetch_kontext(kid)
+                except NotFoundError:
+                    return "gone", None
+                if not ours(current):
+                    return "kept", None
+            existing = (current.get("loeschung") or {}).get("zeitpunkt")
+            if existing:
+                return "scheduled", str(existing)
+            body = records.merged(
+                {k: v for k, v in current.items() if k != "beziehungen"},
+                {("loeschung",): {"zeitpunkt": when}},
+            )
+            try:
+                await self.client.update_personenkontext(kid, body)
+                return "scheduled", when
+            except StaleRevision:
+                continue
+        raise _Outcome(
+            "failed",
+            "delete",
+            "the personenkontext changed again while we set its Löschzeitpunkt (409 twice); "
+            "retry later",
+        )
+
+    # ------------------------------------------------------------------ school-year change
+
+    async def _load_transitions(self) -> dict[str, dict[str, Any]]:
+        t = transitions_table
+        async with self.deps.confirmations.db.engine.connect() as conn:
+            rows = await conn.execute(select(t).where(t.c.tenant == self.deps.tenant))
+            return {r.local_key: dict(r._mapping) for r in rows}
+
+    def _drop_transitioned(self, data: LocalData) -> None:
+        """A course whose group was handed to its successor or ended by a school-year change
+        is not synchronised as itself any more (it would get a new group otherwise)."""
+        for key in [k for k in data.groups if k in self.transitions]:
+            del data.groups[key]
+            row = self.transitions[key]
+            self.report.add(E_GRUPPE, "change", f"gruppe.{row['kind']}-earlier", "unchanged")
+
+    def _transition(self, key: str, **values: Any) -> None:
+        now = time.time()
+        row = {
+            "tenant": self.deps.tenant,
+            "local_key": key,
+            "execution_id": self.ctx.execution_id,
+            "updated_at": now,
+            "created_at": self.transitions.get(key, {}).get("created_at", now),
+            "successor": None,
+            "delete_at": None,
+            "note": None,
+            **{k: v for k, v in self.transitions.get(key, {}).items() if k not in values},
+            **values,
+        }
+        self.transitions[key] = row
+        if not self.dry:
+            self.transition_rows.append(row)
+
+    async def _flush_transitions(self) -> None:
+        if self.dry or not self.transition_rows:
+            return
+        rows, self.transition_rows = self.transition_rows, []
+        latest = {r["local_key"]: r for r in rows}
+        t = transitions_table
+        async with self.deps.confirmations.db.engine.begin() as conn:
+            keys = list(latest)
+            for start in range(0, len(keys), 400):
+                await conn.execute(
+                    delete(t).where(
+                        t.c.tenant == self.deps.tenant,
+                        t.c.local_key.in_(keys[start : start + 400]),
+                    )
+                )
+            await conn.execute(insert(t), list(latest.values()))
+
+    async def _check_plan(self, plan_id: str | None, digest: str) -> None:
+        """The guide's dialog: a real change applies only a plan a person has seen (a dry run)
+        and that is still the same now."""
+        if not plan_id:
+            raise RunAborted(
+                "a school-year change needs a reviewed plan: run it with dry_run=true first and "
+                "pass that run's execution id as 'plan'"
+            )
+        async with self.deps.confirmations.db.engine.connect() as conn:
+            row = (
+                await conn.execute(select(runs_table).where(runs_table.c.execution_id == plan_id))
+            ).first()
+        if row is None or not row.dry_run or row.tenant != self.deps.tenant:
+            raise RunAborted(f"{plan_id} is not a dry run of this connection's school-year change")
+        reviewed = ((row.summary or {}).get("schuljahrwechsel") or {}).get("digest")
+        if reviewed != digest:
+            raise RunAborted(
+                f"the plan changed since it was reviewed in {plan_id} (other groups continued "
+                "or ended now): review the new plan (dry run) and confirm that one"
+            )
+
+    async def _plan_change(
+        self, change: ChangeOptions, plan_id: str | None, gruppen: list[Json]
+    ) -> None:
+        coursedb = self.deps.coursedb
+        old, old_end = await localdb.load_period(coursedb, change.from_semester)
+        new, _ = await localdb.load_period(coursedb, change.to_semester, change.statuses)
+        by_gid = {d["gruppe"]["id"]: d["gruppe"] for d in gruppen}
+        links = self.link_map[E_GRUPPE]
+        ours: dict[str, str] = {}
+        for course in old:
+            gid = links.get(course.key)
+            if (
+                gid in by_gid
+                and by_gid[gid].get("referrer") == course.key
+                and course.key not in self.transitions
+            ):
+                ours[course.key] = str(gid)
+        new_linked = [c.key for c in new if links.get(c.key) in by_gid]
+        plan = make_plan(change, old, new, ours, new_linked=new_linked)
+        self.plan = plan
+        self._old_end = old_end.isoformat()
+        if not self.dry:
+            await self._check_plan(plan_id, plan.digest())
+        for c in plan.continued:
+            # Same UUID: the old course's group is its successor's from now on; step 9 then
+            # updates bezeichnung, laufzeit and the memberships (ablauf-schuljahrwechsel.md).
+            links.pop(c["old"], None)
+            self._link(E_GRUPPE, c["new"], c["gruppe"])
+            self.continued_gids.add(c["gruppe"])
+            self._transition(
+                c["old"],
+                kind="continued",
+                status="continued",
+                remote_id=c["gruppe"],
+                successor=c["new"],
+                from_semester=change.from_semester,
+                to_semester=change.to_semester,
+                note=c["why"],
+            )
+            await self.item(
+                E_GRUPPE,
+                c["old"],
+                "change",
+                "continue",
+                "skipped" if self.dry else "ok",
+                local_key=c["old"],
+                remote_id=c["gruppe"],
+                successor=c["new"],
+                why=c["why"],
+                planned="continue" if self.dry else None,
+            )
+
+    async def _end_groups(self, gruppen: list[Json]) -> None:
+        assert self.plan is not None
+        by_gid = {d["gruppe"]["id"]: d for d in gruppen}
+        failed = self.ctx.counts["failed"]
+        plan = self.plan
+
+        async def end(e: Json) -> None:
+            key = e["old"]
+            if not self.ctx.wanted(key):
+                return
+            detail: Json = {"remote_id": e["gruppe"], "why": e["why"], "ending": e["action"]}
+            if failed and not self.dry:
+                await self.item(
+                    E_GRUPPE,
+                    key,
+                    "change",
+                    "end",
+                    "skipped",
+                    local_key=key,
+                    note=f"postponed: {failed} records of {plan.to_semester} failed, and no "
+                    "group ends before the new period exists; run the change again",
+                    **detail,
+                )
+                return
+            datensatz = by_gid.get(e["gruppe"])
+            if datensatz is None:
+                self._transition(
+                    key,
+                    kind="ended",
+                    status="deleted",
+                    remote_id=e["gruppe"],
+                    from_semester=plan.from_semester,
+                    to_semester=plan.to_semester,
+                    note="already gone",
+                )
+                return
+            await self._end_group(key, e, datensatz, detail)
+
+        await self._pool(plan.ended, end)
+
+    async def _end_group(self, key: str, e: Json, datensatz: Json, detail: Json) -> None:
+        assert self.plan is not None
+        gruppe = datensatz["gruppe"]
+        gid = str(gruppe["id"])
+        days = float(e["delete_after_days"])
+        off = self.deps.delete_mode == "off"
+        if self.dry:
+            detail["planned"] = "delete" if e["action"] == "delete" else f"end, delete in {days:g}d"
+            await self.item(E_GRUPPE, key, "change", "end", "skipped", local_key=key, **detail)
+            return
+        try:
+            if e["action"] == "delete" and not off:
+                result = await self._delete_checked(
+                    datensatz,
+                    owned=lambda fresh: fresh["gruppe"].get("referrer") == key,
+                    fetch=lambda: self.client.get_gruppe(gid),
+                    delete=lambda rev: self.client.delete_gruppe(gid, rev),
+                    revision_of=lambda d: str(d["gruppe"]["revision"]),
+                )
+                status = {"deleted": "deleted", "gone": "deleted", "kept": "kept"}[result]
+                self._forget_group(key, datensatz)
+                note = "not ours any more: kept" if result == "kept" else None
+                self._transition(
+                    key,
+                    kind="ended",
+                    status=status,
+                    remote_id=gid,
+                    from_semester=self.plan.from_semester,
+                    to_semester=self.plan.to_semester,
+                    note=note,
+                )
+                outcome = "ok" if result == "deleted" else "skipped" if note else "unchanged"
+                await self.item(
+                    E_GRUPPE, key, "change", "delete", outcome, local_key=key, note=note, **detail
+                )
+                return
+            # End its laufzeit now (connected services learn the group ended) and delete it
+            # after the period the plan gives.
+            end = e.get("laufzeit_bis") or self._old_end
+            laufzeit = {
+                k: v for k, v in (gruppe.get("laufzeit") or {}).items() if k != "bislernperiode"
+            }
+            if laufzeit.get("von") and str(laufzeit["von"]) > end:
+                laufzeit["von"] = end
+            laufzeit["bis"] = end
+            result = "unchanged"
+            if gruppe.get("laufzeit") != laufzeit:
+                result = await self._put(
+                    E_GRUPPE,
+                    gid,
+                    gruppe,
+                    {("laufzeit",): laufzeit},
+                    put=lambda body: self.client.update_gruppe(gid, body),
+                    fetch=lambda: self._fetch_gruppe(gid),
+                    local_key=key,
+                )
+            delete_at = time.time() + days * 86400.0
+            self._transition(
+                key,
+                kind="ended",
+                status="scheduled",
+                remote_id=gid,
+                from_semester=self.plan.from_semester,
+                to_semester=self.plan.to_semester,
+                delete_at=delete_at,
+                note=f"laufzeit ends {end}",
+            )
+            await self.item(
+                E_GRUPPE,
+                key,
+                "change",
+                "end",
+                "skipped" if result == "conflict" else "ok",
+                local_key=key,
+                laufzeit_bis=end,
+                delete_at=_iso_time(delete_at),
+                deletion="off (SYNC_DELETE_MODE=off)" if off else None,
+                **detail,
+            )
+        except _Outcome as o:
+            await self.item(E_GRUPPE, key, "change", o.action, o.outcome, o.error, local_key=key)
+        except SchulconnexError as exc:
+            await self.item(
+                E_GRUPPE, key, "change", "end", "failed", self._failure(exc), local_key=key
+            )
+
+    def _forget_group(self, key: str, datensatz: Json) -> None:
+        self._unlink(E_GRUPPE, key)
+        member_of_remote = getattr(self, "_member_of_remote", {})
+        for z in datensatz.get("gruppenzugehoerigkeiten") or []:
+            member_key = member_of_remote.get(z["id"])
+            if member_key is not None:
+                self._unlink(E_MEMBER, member_key)
+
+    async def _due_deletions(self) -> None:
+        """Ended groups of earlier school-year changes whose deletion is due: deleted with the
+        current revision if still ours (re-read and decided again on 409)."""
+        now = time.time()
+        due = [
+            r
+            for r in self.transitions.values()
+            if r["status"] == "scheduled" and r["delete_at"] is not None and r["delete_at"] <= now
+        ]
+
+        async def run_one(row: dict[str, Any]) -> None:
+            key, gid = row["local_key"], str(row["remote_id"])
+            if not self.ctx.wanted(key):
+                return
+            detail: Json = {"remote_id": gid, "scheduled_by": row["execution_id"]}
+            if self.deps.delete_mode == "off":
+                await self.item(
+                    E_GRUPPE,
+                    key,
+                    "change",
+                    "delete",
+                    "skipped",
+                    local_key=key,
+                    note="deleting in Schulconnex is switched off (SYNC_DELETE_MODE=off)",
+                    **detail,
+                )
+                return
+            if self.dry:
+                await self.item(
+                    E_GRUPPE,
+                    key,
+                    "change",
+                    "delete",
+                    "skipped",
+                    local_key=key,
+                    planned="delete",
+                    **detail,
+                )
+                return
+            try:
+                try:
+                    datensatz = await self.client.get_gruppe(gid)
+                except NotFoundError:
+                    result = "gone"
+                    datensatz = {"gruppe": {"id": gid}, "gruppenzugehoerigkeiten": []}
+                else:
+                    if datensatz["gruppe"].get("referrer") != key:
+                        result = "kept"
+                    else:
+                        result = await self._delete_checked(
+                            datensatz,
+                            owned=lambda fresh: fresh["gruppe"].get("referrer") == key,
+                            fetch=lambda: self.client.get_gruppe(gid),
+                            delete=lambda rev: self.client.delete_gruppe(gid, rev),
+                            revision_of=lambda d: str(d["gruppe"]["revision"]),
+                        )
+            except _Outcome as o:
+                await self.item(E_GRUPPE, key, "change", "delete", o.outcome, o.error, **detail)
+                return
+            except SchulconnexError as exc:
+                await self.item(
+                    E_GRUPPE,
+                    key,
+                    "change",
+                    "delete",
+                    "failed",
+                    self._failure(exc),
+                    local_key=key,
+                    **detail,
+                )
+                return
+            self._forget_group(key, datensatz)
+            note = {"gone": "already deleted", "kept": "not ours any more: kept"}.get(result)
+            self._transition(key, status="kept" if result == "kept" else "deleted", note=note)
+            self._note_success()
+            await self.item(
+                E_GRUPPE,
+                key,
+                "change",
+                "delete",
+                "ok" if result == "deleted" else "unchanged",
+                local_key=key,
+                note=note,
+                **detail,
+            )
+
+        await self._pool(due, run_one)
+
+
+def _iso_time(epoch: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).replace(microsecond=0).isoformat()

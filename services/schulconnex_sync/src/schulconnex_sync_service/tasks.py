@@ -6,6 +6,10 @@ lease (one run per tenant database at a time, across replicas) come from
 (``courses`` — course numbers, ``semester``, ``statuses``, ``participants``, ``lecturers``) and
 ``connection`` (a stored connection; without it the ``SCHULCONNEX_*`` environment is used).
 Manual only, unless ``SYNC_INTERVAL_SECONDS`` sets a schedule.
+
+``mode=schuljahrwechsel`` (``POST /schuljahrwechsel``) is the school-year change of
+:mod:`schulconnex_sync_service.schuljahr`: ``change`` holds its options, ``plan`` the reviewed
+dry run. The same task on purpose: its lease keeps a change and a sync from running at once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from schulconnex_sync_service.client import SchulconnexClient
 from schulconnex_sync_service.confirmations import ConfirmationStore
 from schulconnex_sync_service.connection import ENV_TENANT, KIND, config_from_env
 from schulconnex_sync_service.local import Selection
+from schulconnex_sync_service.schuljahr import ChangeOptions
 from schulconnex_sync_service.settings import Settings
 from schulconnex_sync_service.sync import SyncDeps, SyncRun
 
@@ -38,7 +43,19 @@ def build(holder: dict[str, Any], settings: Settings) -> TaskRegistry:
     async def sync(ctx: TaskContext) -> None:
         """Synchronise persons, groups and memberships with Schulconnex (seed steps 1-11)."""
         runtime: ServiceRuntime = holder["runtime"]
-        selection = Selection.from_params(ctx.params)
+        change: ChangeOptions | None = None
+        if ctx.params.get("mode") == "schuljahrwechsel":
+            change = ChangeOptions.model_validate(ctx.params.get("change") or {})
+            selection = Selection.from_params(
+                {
+                    "semester": change.to_semester,
+                    "statuses": change.statuses,
+                    "participants": change.participants,
+                    "lecturers": change.lecturers,
+                }
+            )
+        else:
+            selection = Selection.from_params(ctx.params)
         connectors: Connectors = runtime.extras[CONNECTORS]
         name = ctx.params.get("connection")
         if name:
@@ -57,8 +74,13 @@ def build(holder: dict[str, Any], settings: Settings) -> TaskRegistry:
                 group_import_types=tuple(settings.group_import_types),
                 import_course_category=settings.import_course_category,
                 width=max(4, 2 * config.max_concurrency),
+                delete_mode=settings.sync_delete_mode,
+                kontext_deletion_days=settings.kontext_deletion_days,
             )
-            await SyncRun(ctx, deps).run(selection)
+            plan = ctx.params.get("plan")
+            await SyncRun(ctx, deps).run(
+                selection, change=change, plan_id=str(plan) if plan else None
+            )
 
     return tasks
 

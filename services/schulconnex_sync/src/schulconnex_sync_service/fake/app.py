@@ -20,6 +20,11 @@ Used by the tests, the benchmarks and ``make run``. What makes it faithful:
   (person.md), one start and one end in a ``laufzeit`` (400/16), no two personenkontexte with
   the same organisation and role (409), a person with personenkontexte cannot be deleted
   (400/12), deleting a group deletes its memberships, memberships need an existing kontext.
+* **Deleting personenkontexte** (``ablauf-löschen.md``): one that services already used
+  (:meth:`FakeSchulconnex.mark_used`, or one that memberships still refer to) cannot be deleted
+  directly (400/13); its ``loeschung.zeitpunkt`` is set instead, which must not lie in the past
+  (400/09), and at that time the fake deletes it (with its memberships), checked on every
+  request or by :meth:`FakeSchulconnex.run_scheduled_deletions`.
 * **Tokens**: client credentials (HTTP Basic or form) and password grant with refresh tokens;
   tokens expire after ``token_ttl`` seconds (401/01 afterwards), unknown tokens are 401/02.
 
@@ -103,6 +108,12 @@ TITLES: dict[tuple[int, str], tuple[str, str]] = {
         "Person enthält noch Personenkontexte.",
         "Daten vom Typ „Person“ können nur gelöscht werden, wenn für diese Person keine "
         "Personenkontexte mehr existieren.",
+    ),
+    (400, "13"): (
+        "Personenkontext wird genutzt.",
+        "Personenkontexte können über die API /personenkontexte/{id} nur dann direkt gelöscht "
+        "werden, wenn sie von keinem anderen System genutzt wurden. Wurde der Personenkontext "
+        "bereits extern genutzt, so muss die Löschung über andere APIs erfolgen.",
     ),
     (400, "14"): (
         "Zyklische Referenzgruppe",
@@ -332,6 +343,20 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: A request body that is not JSON (400/04).
+_NOT_JSON: Any = object()
+
+
+def _epoch(value: str) -> float:
+    """An RFC 3339 date-time (validated by the schema already) as epoch seconds."""
+    import datetime as dt
+
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
 @dataclass
 class RequestLogEntry:
     method: str
@@ -380,6 +405,10 @@ class FakeSchulconnex:
         self._k_by_person: dict[str, dict[str, None]] = {}
         self._z_by_gruppe: dict[str, dict[str, None]] = {}
         self._z_by_ktid: dict[str, dict[str, None]] = {}
+        # Personenkontexte services already used (400/13 on DELETE), and the Löschzeitpunkt
+        # (epoch seconds) of those scheduled for deletion.
+        self.used_kontexte: set[str] = set()
+        self._scheduled: dict[str, float] = {}
         self.tokens: dict[str, _Token] = {}
         self.refresh_tokens: dict[str, _Token] = {}
         self.faults: list[Fault] = []
@@ -391,6 +420,12 @@ class FakeSchulconnex:
         # faults), e.g. to change a record "concurrently" just before a PUT arrives.
         self.on_request: Callable[[str, str, bytes], None] | None = None
         self._routes = self._build_routes()
+        # Routes by (first segment, number of segments): a request tries one or two patterns,
+        # not all forty (the same first match as trying them all in order).
+        self._route_index: dict[tuple[str, int], list[_Route]] = {}
+        for route in self._routes:
+            parts = route.pattern.strip("/").split("/")
+            self._route_index.setdefault((parts[0], len(parts)), []).append(route)
         self.app = Starlette(
             routes=[
                 Route("/token", self._token_endpoint, methods=["POST"]),
@@ -429,6 +464,8 @@ class FakeSchulconnex:
         self._k_by_person.clear()
         self._z_by_gruppe.clear()
         self._z_by_ktid.clear()
+        self.used_kontexte.clear()
+        self._scheduled.clear()
         self.violations.clear()
         self.counts.clear()
         self.log.clear()
@@ -437,13 +474,37 @@ class FakeSchulconnex:
     def request_violations(self) -> list[Violation]:
         return [v for v in self.violations if v.kind == "request"]
 
+    def mark_used(self, kontext_id: str) -> None:
+        """The personenkontext was delivered to a service (a login): no direct DELETE now."""
+        self.used_kontexte.add(kontext_id)
+
+    def run_scheduled_deletions(self, now: float | None = None) -> list[str]:
+        """Delete the personenkontexte whose Löschzeitpunkt has come (with their memberships);
+        returns their ids. Every API request calls this first."""
+        now = self.clock() if now is None else now
+        due = [kid for kid, at in self._scheduled.items() if at <= now]
+        for kid in due:
+            for zid in list(self._z_by_ktid.get(kid, ())):
+                self._drop_z(zid)
+            if kid in self.kontexte:
+                self._drop_kontext(kid)
+            self._scheduled.pop(kid, None)
+        return due
+
     def _put_kontext(self, kontext: Json) -> None:
         self.kontexte[kontext["id"]] = kontext
         self._k_by_person.setdefault(kontext["_person"], {})[kontext["id"]] = None
+        when = (kontext.get("loeschung") or {}).get("zeitpunkt")
+        if when:
+            self._scheduled[kontext["id"]] = _epoch(when)
+        else:
+            self._scheduled.pop(kontext["id"], None)
 
     def _drop_kontext(self, kid: str) -> None:
         kontext = self.kontexte.pop(kid)
         self._k_by_person.get(kontext["_person"], {}).pop(kid, None)
+        self._scheduled.pop(kid, None)
+        self.used_kontexte.discard(kid)
 
     def _put_z(self, z: Json) -> None:
         old = self.zugehoerigkeiten.get(z["id"])
@@ -650,7 +711,8 @@ class FakeSchulconnex:
     def _route(self, method: str, path: str) -> tuple[_Route, dict[str, str]] | str | None:
         """The route, None (no such endpoint) or "method" (endpoint exists, method doesn't)."""
         found_path = False
-        for route in self._routes:
+        parts = path.strip("/").split("/")
+        for route in self._route_index.get((parts[0], len(parts)), ()):
             m = route.regex.match(path)
             if m is None:
                 continue
@@ -683,6 +745,8 @@ class FakeSchulconnex:
             return fault
         if self.on_request is not None:
             self.on_request(method, sub, body)
+        if self._scheduled:
+            self.run_scheduled_deletions()
         found = self._route(method, sub)
         if found is None:
             return self._finish(method, full, error_response(404, "00"))
@@ -706,36 +770,39 @@ class FakeSchulconnex:
         repeated = sorted({k for k in names if names.count(k) > 1})
         if repeated:
             return self._finish(method, full, error_response(400, "17", ", ".join(repeated)))
-        vreq = ValidationRequest(
-            method,
-            sub,
-            query=query,
-            headers={"Authorization": request.headers.get("authorization", "")},
-            body=body or None,
-            content_type=request.headers.get("content-type", "application/json"),
+        data: Any = _NOT_JSON
+        if body:
+            try:
+                data = json.loads(body)
+            except ValueError:
+                data = _NOT_JSON  # the validation explains it (400/04); without it: 400/04
+        else:
+            data = None
+        content_type = request.headers.get("content-type", "application/json")
+        # openapi-core's request object only when its full validation runs (it costs).
+        vreq = (
+            self._validation_request(method, sub, query, request, body, content_type, route, params)
+            if self.validate and self.validation != "compiled"
+            else None
         )
-        vreq.path_pattern = SPEC_BASE_PATH + route.pattern  # type: ignore[attr-defined]
-        vreq.parameters.path = dict(params)
         if self.validate:
-            problem = self._check_request(vreq, route.pattern, params, dict(pairs), body)
+            problem = self._check_request(
+                vreq, method, sub, route.pattern, params, dict(pairs), body, content_type, data
+            )
             if problem is not None:
                 self.violations.append(Violation("request", method, sub, None, problem))
                 return self._finish(
                     method, full, error_response(400, _subcode_for(problem), problem[:300])
                 )
-        data: Any = None
-        if body:
-            try:
-                data = json.loads(body)
-            except ValueError:
-                return self._finish(method, full, error_response(400, "04"))
+        if data is _NOT_JSON:
+            return self._finish(method, full, error_response(400, "04"))
         try:
             status, payload = await route.handler(params=params, query=dict(pairs), body=data)
         except ApiError as exc:
             return self._finish(method, full, error_response(exc.status, exc.subcode, exc.detail))
         raw = dumps(payload) if payload is not None else b""
         if self.validate:
-            problem = self._check_response(vreq, route.pattern, status, raw)
+            problem = self._check_response(vreq, method, sub, route.pattern, status, raw, payload)
             if problem is not None:
                 self.violations.append(Violation("response", method, sub, status, problem))
                 return self._finish(
@@ -744,35 +811,78 @@ class FakeSchulconnex:
         response = Response(raw, status_code=status, media_type="application/json" if raw else None)
         return self._finish(method, full, response)
 
+    @staticmethod
+    def _validation_request(
+        method: str,
+        sub: str,
+        query: str,
+        request: Request,
+        body: bytes,
+        content_type: str,
+        route: _Route,
+        params: dict[str, str],
+    ) -> ValidationRequest:
+        vreq = ValidationRequest(
+            method,
+            sub,
+            query=query,
+            headers={"Authorization": request.headers.get("authorization", "")},
+            body=body or None,
+            content_type=content_type,
+        )
+        vreq.path_pattern = SPEC_BASE_PATH + route.pattern  # type: ignore[attr-defined]
+        vreq.parameters.path = dict(params)
+        return vreq
+
     def _check_request(
         self,
-        vreq: ValidationRequest,
+        vreq: ValidationRequest | None,
+        method: str,
+        sub: str,
         pattern: str,
         params: dict[str, str],
         query: dict[str, str],
         body: bytes,
+        content_type: str,
+        data: Any,
     ) -> str | None:
         compiled = full = None
         if self._compiled is not None:
             compiled = self._compiled.request(
-                vreq.method,
+                method,
                 pattern,
                 path_params=params,
                 query=query,
                 body=body or None,
-                content_type=vreq.content_type or "application/json",
+                content_type=content_type,
+                **({} if data is _NOT_JSON or data is None else {"value": data}),
             )
-        if self.validation != "compiled":
+            self._drain_disagreements(method, sub, None)
+        if vreq is not None:
             full = self._full_request(vreq)
-        return self._verdict("request", vreq, None, compiled, full)
+        return self._verdict("request", method, sub, None, compiled, full)
 
     def _check_response(
-        self, vreq: ValidationRequest, pattern: str, status: int, raw: bytes
+        self,
+        vreq: ValidationRequest | None,
+        method: str,
+        sub: str,
+        pattern: str,
+        status: int,
+        raw: bytes,
+        payload: Any,
     ) -> str | None:
         compiled = full = None
         if self._compiled is not None:
-            compiled = self._compiled.response(vreq.method, pattern, status, raw or None)
-        if self.validation != "compiled":
+            compiled = self._compiled.response(
+                method,
+                pattern,
+                status,
+                raw or None,
+                **({} if payload is None else {"payload": payload}),
+            )
+            self._drain_disagreements(method, sub, status)
+        if vreq is not None:
             vresp = ValidationResponse(status, raw or None)
             try:
                 with warnings.catch_warnings():
@@ -780,7 +890,17 @@ class FakeSchulconnex:
                     validator().validate_response(vreq, vresp)
             except Exception as exc:
                 full = _explain(exc)
-        return self._verdict("response", vreq, status, compiled, full)
+        return self._verdict("response", method, sub, status, compiled, full)
+
+    def _drain_disagreements(self, method: str, sub: str, status: int | None) -> None:
+        """The compiled validator's fast checks refused what openapi-core accepts: a bug of
+        the fast checks, recorded like every violation (openapi-core's verdict stood)."""
+        assert self._compiled is not None
+        while self._compiled.disagreements:
+            message = self._compiled.disagreements.pop()
+            self.violations.append(
+                Violation("fast-check-disagreement", method, sub, status, message)
+            )
 
     def _full_request(self, vreq: ValidationRequest) -> str | None:
         try:
@@ -794,7 +914,8 @@ class FakeSchulconnex:
     def _verdict(
         self,
         kind: str,
-        vreq: ValidationRequest,
+        method: str,
+        sub: str,
         status: int | None,
         compiled: str | None,
         full: str | None,
@@ -805,8 +926,8 @@ class FakeSchulconnex:
             self.violations.append(
                 Violation(
                     f"{kind}-disagreement",
-                    vreq.method,
-                    vreq.path,
+                    method,
+                    sub,
                     status,
                     f"compiled: {compiled or 'valid'} | openapi-core: {full or 'valid'}",
                 )
@@ -921,6 +1042,12 @@ class FakeSchulconnex:
         limit = self.max_erreichbarkeiten
         if limit is not None and len(body.get("erreichbarkeiten") or []) > limit:
             raise ApiError(400, "19", f"Höchstens {limit} Erreichbarkeit(en).")
+
+    def _check_loeschung(self, body: Json) -> None:
+        when = (body.get("loeschung") or {}).get("zeitpunkt")
+        if when and _epoch(when) < self.clock():
+            # ablauf-löschen.md: "Ein Löschzeitpunkt darf nicht in der Vergangenheit liegen."
+            raise ApiError(400, "09", "loeschung.zeitpunkt liegt in der Vergangenheit.")
 
     @staticmethod
     def _check_person_rules(body: Json) -> None:
@@ -1047,6 +1174,7 @@ class FakeSchulconnex:
     ) -> tuple[int, Any]:
         person = self._get(self.persons, params["id"])
         self._check_erreichbarkeiten(body)
+        self._check_loeschung(body)
         for kid in self._k_by_person.get(person["id"], ()):
             if self.kontexte[kid].get("rolle") == body.get("rolle"):
                 # personenkontext.md: the same organisation and role twice is not allowed.
@@ -1096,11 +1224,13 @@ class FakeSchulconnex:
         self._check_immutable(k, body, ("id", "mandant", "organisation", "rolle", "sichtfreigabe"))
         self._check_revision(k, body)
         self._check_erreichbarkeiten(body)
+        if (body.get("loeschung") or {}) != (k.get("loeschung") or {}):
+            self._check_loeschung(body)
         keep = {"id", "mandant", "organisation", "rolle", "sichtfreigabe", "revision", "_person"}
         new = {kk: v for kk, v in body.items() if kk not in keep}
         new.update({kk: k[kk] for kk in keep if kk in k})
         new["revision"] = self._next_revision(k)
-        self.kontexte[k["id"]] = new
+        self._put_kontext(new)
         return 200, self._kontext_out(new)
 
     async def h_delete_kontext(
@@ -1108,7 +1238,7 @@ class FakeSchulconnex:
     ) -> tuple[int, Any]:
         k = self._get(self.kontexte, params["id"])
         self._check_revision(k, body)
-        if self._z_by_ktid.get(k["id"]):
+        if self._z_by_ktid.get(k["id"]) or k["id"] in self.used_kontexte:
             raise ApiError(400, "13")
         self._drop_kontext(k["id"])
         return 204, None

@@ -19,7 +19,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    task_tables_upgrade_v1(op)
+    task_tables_upgrade_v1(op)  # type: ignore[arg-type]  # alembic.op proxies Operations
     upgrade_v1()
     op.create_table(
         "sc_confirmations",
@@ -73,4 +73,4 @@ def downgrade() -> None:
         batch_op.drop_index("ix_sc_confirmations_status")
     op.drop_table("sc_confirmations")
     downgrade_v1()
-    task_tables_downgrade_v1(op)
+    task_tables_downgrade_v1(op)  # type: ignore[arg-type]
