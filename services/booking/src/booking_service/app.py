@@ -27,10 +27,14 @@ from booking_service.context import EXTRAS_KEY, Booking, booking_of
 from booking_service.documents import Creditor, OrderDocuments
 from booking_service.mailing import NotificationWorker
 from booking_service.notifications import Notifier, default_templates
+from booking_service.pgfast import PgPool
 from booking_service.service import BacklogWorker, OrderService
 from booking_service.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Connections of the order path to booking's own database (one short statement per use; as
+# many as mesh_common.db gives its engine).
+FAST_DB_POOL_SIZE = 20
 
 
 def coursedb_engine(settings: Settings) -> AsyncEngine:
@@ -84,7 +88,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         box = SecretBox.from_env()  # MESH_SECRET_KEY: IBAN encryption and the payload hash
         cipher = BankCipher(box)
         engine = coursedb_engine(settings)
-        booker = Booker(engine, cipher, mandate_prefix=settings.mandate_reference_prefix)
+        # PostgreSQL: the order path runs on asyncpg pools of its own (booking_service.pgfast).
+        fast_coursedb = PgPool.for_engine(
+            engine,
+            max_size=settings.coursedb_pool_size + settings.coursedb_pool_size // 2,
+            connect_timeout=settings.coursedb_connect_timeout_seconds,
+            acquire_timeout=settings.coursedb_timeout_seconds,
+        )
+        fast_db = PgPool.for_engine(runtime.db.engine, max_size=FAST_DB_POOL_SIZE)
+        booker = Booker(
+            engine, cipher, mandate_prefix=settings.mandate_reference_prefix, fast=fast_coursedb
+        )
         orders_total = Counter(
             "booking_orders_total",
             "Orders answered, by status",
@@ -92,7 +106,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             registry=runtime.metrics.registry,
         )
         service = OrderService(
-            runtime.db, booker, box, settings, outbox=runtime.outbox, notifier=notifier
+            runtime.db,
+            booker,
+            box,
+            settings,
+            outbox=runtime.outbox,
+            notifier=notifier,
+            fast=fast_db,
         )
         service.observe = lambda status: orders_total.labels(status).inc()
         mails_failed = Counter(
@@ -144,6 +164,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in tasks if t is not None), return_exceptions=True)
+        for fast in (booking.booker.fast, booking.orders.fast):
+            if fast is not None:  # orders still in flight finish first (bus.stop comes later)
+                await fast.close(grace=settings.shutdown_grace_seconds)
         await booking.coursedb.dispose()
 
     return create_service_app(

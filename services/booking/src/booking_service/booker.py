@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 from coursedb import schema as cdb
 from coursedb.banking import (
     BankCipher,
+    CheckedIBAN,
     InvalidIBAN,
     account_row,
     add_account,
@@ -65,6 +66,12 @@ from sqlalchemy import Integer, String, Table, bindparam, func, insert, select, 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.schema import CallableColumnDefault, ScalarElementColumnDefault
+
+from booking_service.pgfast import PgConnection, PgPool
+
+# A coursedb connection: SQLAlchemy's, or on PostgreSQL the lean asyncpg one of the order path
+# (booking_service.pgfast), which runs the same statements and answers like it.
+Conn = AsyncConnection | PgConnection
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CENT = Decimal("0.01")
@@ -204,10 +211,14 @@ class _Plan:
     payer: str = ""
     bank_account: Any = None  # stored account row
     new_iban: str | None = None
+    checked_iban: CheckedIBAN | None = None  # checked once (schwifty's parse is not cheap)
 
 
 class Booker:
     """Books orders into the coursedb. One instance per service; safe for concurrent use.
+
+    ``fast``: on PostgreSQL the booking transaction runs on this asyncpg pool
+    (:mod:`booking_service.pgfast`) instead of the engine; same statements, a third of the CPU.
 
     ``lock=False`` and ``race_window`` exist for the race test only: the first skips the course
     row lock (so the test can show that it overbooks without it), the second pauses between
@@ -222,8 +233,10 @@ class Booker:
         mandate_prefix: str = "VHS",
         lock: bool = True,
         race_window: float = 0.0,
+        fast: PgPool | None = None,
     ) -> None:
         self.engine = engine
+        self.fast = fast
         self.cipher = cipher
         self.mandate_prefix = mandate_prefix
         self.lock = lock
@@ -268,7 +281,8 @@ class Booker:
         """One transaction. The usual order is new: it is checked and written straight away (the
         unique external id stops a second booking). Only when it would be rejected, or after a
         unique violation, is the coursedb asked whether it holds the order already."""
-        async with self.engine.begin() as conn:
+        begin = self.fast.begin if self.fast is not None else self.engine.begin
+        async with begin() as conn:
             if check_first:
                 known = await self._known(conn, order, payload_hash)
                 if known is not None:
@@ -299,9 +313,7 @@ class Booker:
                 await asyncio.sleep(self.race_window)
             return await self._write(conn, order, plan, payload_hash, received_at, stamp)
 
-    async def _known(
-        self, conn: AsyncConnection, order: Order, payload_hash: str
-    ) -> OrderResult | None:
+    async def _known(self, conn: Conn, order: Order, payload_hash: str) -> OrderResult | None:
         """The result of this order if the coursedb holds it already; conflict if its payload
         differs."""
         existing = (
@@ -319,7 +331,7 @@ class Booker:
 
     # ------------------------------------------------------------------ checks
 
-    async def _check(self, conn: AsyncConnection, order: Order, now: dt.datetime) -> _Plan:
+    async def _check(self, conn: Conn, order: Order, now: dt.datetime) -> _Plan:
         lines = [
             _Line(
                 index=i,
@@ -413,13 +425,13 @@ class Booker:
                     line.reject(Reason.PARTICIPANT_NOT_FOUND, f"stored participant {key!r} unknown")
         return plan
 
-    async def _lock_courses(self, conn: AsyncConnection, numbers: Iterable[str]) -> Sequence[Any]:
+    async def _lock_courses(self, conn: Conn, numbers: Iterable[str]) -> Sequence[Any]:
         query = _COURSES_LOCKED if self.lock else _COURSES
         return (await conn.execute(query, {"numbers": sorted(numbers)})).all()
 
     async def _check_payment(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         order: Order,
         plan: _Plan,
         participants: dict[str, OrderParticipant],
@@ -431,7 +443,8 @@ class Booker:
             if not payment.new_account.mandate_consent:
                 return Reason.MANDATE_CONSENT_MISSING
             try:
-                plan.new_iban = check_iban(payment.new_account.iban).compact
+                plan.checked_iban = check_iban(payment.new_account.iban)
+                plan.new_iban = plan.checked_iban.compact
             except InvalidIBAN:
                 return Reason.INVALID_IBAN
             return None
@@ -460,7 +473,7 @@ class Booker:
 
     async def _write(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         order: Order,
         plan: _Plan,
         payload_hash: str,
@@ -502,7 +515,7 @@ class Booker:
         )
 
     async def _settle_account(
-        self, conn: AsyncConnection, order: Order, plan: _Plan, now: dt.datetime
+        self, conn: Conn, order: Order, plan: _Plan, now: dt.datetime
     ) -> _Account | None:
         """The order's SEPA account when it is settled before the order is written: a stored
         account (given a mandate reference if it has none) or a stored payer's new account
@@ -549,7 +562,7 @@ class Booker:
 
     async def _write_rows(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         order: Order,
         plan: _Plan,
         order_row: dict[str, Any],
@@ -594,7 +607,7 @@ class Booker:
 
     async def _write_at_once(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         order: Order,
         plan: _Plan,
         order_row: dict[str, Any],
@@ -632,12 +645,12 @@ class Booker:
         params.update(_bind("r", cdb.registrations, registration))
         if account is None:
             new_account = order.payment.new_account  # type: ignore[union-attr]
-            assert new_account is not None and plan.new_iban is not None
+            assert new_account is not None and plan.checked_iban is not None
             row = account_row(
                 self.cipher,
                 participant_id=None,  # the payer inserted by the statement
                 account_holder=new_account.account_holder,
-                iban=plan.new_iban,
+                iban=plan.checked_iban,
                 bic=new_account.bic,
                 is_default=True,  # the first account of a new participant
                 now=now,
@@ -665,7 +678,7 @@ class Booker:
 # ---------------------------------------------------------------------- rebuilding a result
 
 
-async def rebuild(conn: AsyncConnection, row: Any, order: Order) -> OrderResult:
+async def rebuild(conn: Conn, row: Any, order: Order) -> OrderResult:
     """The result of an order already in the coursedb, from its registrations.
 
     Registrations are written in item order, so the n-th registration (by id) is the n-th item.
@@ -726,9 +739,7 @@ async def rebuild(conn: AsyncConnection, row: Any, order: Order) -> OrderResult:
 # ---------------------------------------------------------------------- queries and rules
 
 
-async def _insert_registration(
-    conn: AsyncConnection, line: _Line, order_id: int, now: dt.datetime
-) -> None:
+async def _insert_registration(conn: Conn, line: _Line, order_id: int, now: dt.datetime) -> None:
     assert line.outcome is not None and line.course is not None
     res = await conn.execute(
         _INSERT_REGISTRATION,
@@ -878,18 +889,26 @@ def _write_statement(
     return insert(r).values(registration).returning(*returning)
 
 
+@functools.cache
+def _defaults(table: Table) -> tuple[tuple[str, Any, bool], ...]:
+    """The Python-side column defaults of ``table``: (name, value or function, is function)."""
+    found = []
+    for column in table.c:
+        default = column.default
+        if isinstance(default, ScalarElementColumnDefault):
+            found.append((column.name, default.arg, False))
+        elif isinstance(default, CallableColumnDefault):
+            found.append((column.name, default.arg, True))
+    return tuple(found)
+
+
 def _complete(table: Table, row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with the Python-side defaults of the columns it leaves out filled in, as
     SQLAlchemy does for a plain INSERT (it cannot for an INSERT inside a CTE)."""
     full = dict(row)
-    for column in table.c:
-        default = column.default
-        if column.name in full or default is None:
-            continue
-        if isinstance(default, ScalarElementColumnDefault):
-            full[column.name] = default.arg
-        elif isinstance(default, CallableColumnDefault):
-            full[column.name] = default.arg(None)  # type: ignore[arg-type]  # no context needed
+    for name, default, call in _defaults(table):
+        if name not in full:
+            full[name] = default(None) if call else default  # no context needed
     return full
 
 
@@ -925,7 +944,7 @@ def _discounted(fee: Decimal, discount: Any) -> Decimal:
 
 
 async def _seat_counts(
-    conn: AsyncConnection, course_ids: Sequence[int]
+    conn: Conn, course_ids: Sequence[int]
 ) -> tuple[dict[int, int], dict[int, int]]:
     """Seat-holding registrations and waiting-list registrations per course."""
     if not course_ids:
@@ -941,9 +960,7 @@ async def _seat_counts(
     return dict(held), waiting
 
 
-async def _first_session_starts(
-    conn: AsyncConnection, course_ids: Sequence[int]
-) -> dict[int, dt.datetime]:
+async def _first_session_starts(conn: Conn, course_ids: Sequence[int]) -> dict[int, dt.datetime]:
     """When each course's first session starts (for courses without a registration deadline:
     registration is open until then)."""
     if not course_ids:
@@ -963,16 +980,14 @@ async def _first_session_starts(
     return first
 
 
-async def _discounts(
-    conn: AsyncConnection, course_ids: Sequence[int]
-) -> dict[tuple[int, str], Any]:
+async def _discounts(conn: Conn, course_ids: Sequence[int]) -> dict[tuple[int, str], Any]:
     d = cdb.course_discounts
     rows = (await conn.execute(select(d).where(d.c.course_id.in_(course_ids)))).all()
     return {(row.course_id, row.kind): row for row in rows}
 
 
 async def _active_registrations(
-    conn: AsyncConnection, participant_ids: set[int], course_ids: Sequence[int]
+    conn: Conn, participant_ids: set[int], course_ids: Sequence[int]
 ) -> set[tuple[int, int]]:
     if not participant_ids or not course_ids:
         return set()
@@ -994,7 +1009,7 @@ def _norm(value: str | None) -> str:
 
 
 async def _resolve_participants(
-    conn: AsyncConnection, people: Sequence[OrderParticipant]
+    conn: Conn, people: Sequence[OrderParticipant]
 ) -> dict[str, int | None]:
     """key -> coursedb participant id; None for a new person to create.
 

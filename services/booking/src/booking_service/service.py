@@ -53,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from booking_service.booker import Booker, OrderConflict
 from booking_service.models import orders
 from booking_service.notifications import Notifier
+from booking_service.pgfast import PgPool
 from booking_service.settings import Settings
 
 log = logging.getLogger("booking.service")
@@ -162,8 +163,12 @@ class OrderService:
         *,
         outbox: Outbox | None,
         notifier: Notifier | None = None,
+        fast: PgPool | None = None,
     ) -> None:
         self.db = db
+        # On PostgreSQL: the lookup and the record of each order on this asyncpg pool
+        # (booking_service.pgfast); everything else goes through the engine.
+        self.fast = fast
         self.booker = booker
         self.box = box
         self.settings = settings
@@ -230,6 +235,9 @@ class OrderService:
 
         async def read() -> list[Any]:
             # A single read: no transaction needed (saves BEGIN/ROLLBACK round trips per order).
+            if self.fast is not None:
+                async with self.fast.connect() as fast:
+                    return (await fast.execute(_LOOKUP, {"external_id": external_id})).all()
             async with self.db.engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return list((await conn.execute(_LOOKUP, {"external_id": external_id})).all())
@@ -310,6 +318,10 @@ class OrderService:
 
         async def write() -> None:
             # One statement is atomic on its own: no BEGIN/COMMIT round trips.
+            if self.fast is not None:
+                async with self.fast.connect() as fast:
+                    await fast.execute(_INSERT, row)
+                return
             async with self.db.engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 await conn.execute(_INSERT, row)
