@@ -408,3 +408,31 @@ async def test_payer_and_account_on_every_write_path(stack: tuple[str, dict[str,
                 )
             )
         assert reference == result["mandate_reference"]
+
+
+async def test_an_order_from_before_a_key_rotation_is_still_recognised(
+    stack: tuple[str, dict[str, Any]], monkeypatch: Any
+) -> None:
+    """The payload hash is keyed with MESH_SECRET_KEY's first key. After a rotation
+    (``<new>,<old>``) a resent order from before it gets its original answer, not a 409;
+    other content under the same id is still a conflict."""
+    from mesh_common.secrets import generate_key
+
+    url, extra = stack
+    old, new = generate_key(), generate_key()
+    monkeypatch.setenv("MESH_SECRET_KEY", old)
+    body = order("W-ROT-1")
+    async with running(url, **extra) as svc:
+        await add_course(svc.coursedb, "262-40401", seats=5)
+        first = await svc.client.post("/orders", json=body, headers=SERVICE)
+        assert first.status_code == 200, first.text
+    monkeypatch.setenv("MESH_SECRET_KEY", f"{new},{old}")
+    async with running(url, **extra) as svc:
+        again = await svc.client.post("/orders", json=body, headers=SERVICE)
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        changed = order("W-ROT-1", people=[{"key": "p1", "person": person("Moritz")}])
+        assert (await svc.client.post("/orders", json=changed, headers=SERVICE)).status_code == 409
+    monkeypatch.setenv("MESH_SECRET_KEY", new)  # the old key gone: no longer recognisable
+    async with running(url, **extra) as svc:
+        assert (await svc.client.post("/orders", json=body, headers=SERVICE)).status_code == 409

@@ -28,7 +28,7 @@ from booking_service.documents import Creditor, OrderDocuments
 from booking_service.mailing import NotificationWorker
 from booking_service.notifications import Notifier, default_templates
 from booking_service.pgfast import PgPool
-from booking_service.service import BacklogWorker, OrderService
+from booking_service.service import BacklogWorker, OrderService, same_payload
 from booking_service.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -97,7 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         fast_db = PgPool.for_engine(runtime.db.engine, max_size=FAST_DB_POOL_SIZE)
         booker = Booker(
-            engine, cipher, mandate_prefix=settings.mandate_reference_prefix, fast=fast_coursedb
+            engine,
+            cipher,
+            mandate_prefix=settings.mandate_reference_prefix,
+            fast=fast_coursedb,
+            same_payload=lambda stored, order: same_payload(box, stored, order),
         )
         orders_total = Counter(
             "booking_orders_total",

@@ -33,7 +33,7 @@ import datetime as dt
 import functools
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -234,8 +234,11 @@ class Booker:
         lock: bool = True,
         race_window: float = 0.0,
         fast: PgPool | None = None,
+        same_payload: Callable[[str, Order], bool] | None = None,
     ) -> None:
         self.engine = engine
+        # (stored hash, order) -> whether the stored hash is this order's under an older key.
+        self.same_payload = same_payload
         self.fast = fast
         self.cipher = cipher
         self.mandate_prefix = mandate_prefix
@@ -323,7 +326,9 @@ class Booker:
         ).first()
         if existing is None:
             return None
-        if existing.payload_hash != payload_hash:
+        if existing.payload_hash != payload_hash and not (
+            self.same_payload is not None and self.same_payload(existing.payload_hash, order)
+        ):
             raise OrderConflict(
                 f"order {order.external_order_id!r} was already booked with other content"
             )

@@ -129,6 +129,13 @@ def payload_hash(box: SecretBox, order: Order | str) -> str:
     return box.blind_index(text, context=HASH_CONTEXT)
 
 
+def same_payload(box: SecretBox, stored: str, order: Order | str) -> bool:
+    """Whether ``stored`` is this order's hash under any listed key: an order received before
+    a key rotation is still recognised while the old key is listed (docs/operations.md)."""
+    text = order if isinstance(order, str) else canonical(order)
+    return stored in box.blind_indexes(text, context=HASH_CONTEXT)
+
+
 def _epoch(value: dt.datetime) -> float:
     return value.timestamp()
 
@@ -206,7 +213,7 @@ class OrderService:
         digest = payload_hash(self.box, text)
         known, backlog = await self._lookup(order.external_order_id)
         if known is not None:
-            return Placed(self._answer(known, digest), replayed=True)
+            return Placed(self._answer(known, digest, text), replayed=True)
         received = time.time()
         if backlog:
             return await self._enqueue(order, text, digest, received, source, owner_participant_id)
@@ -247,8 +254,8 @@ class OrderService:
         backlog = any(r.status == OrderStatus.PENDING for r in rows)
         return known, backlog
 
-    def _answer(self, row: Any, digest: str) -> OrderResult:
-        if row.payload_hash != digest:
+    def _answer(self, row: Any, digest: str, text: str) -> OrderResult:
+        if row.payload_hash != digest and not same_payload(self.box, row.payload_hash, text):
             raise OrderConflict(
                 f"order {row.external_order_id!r} was already received with other content"
             )
@@ -279,7 +286,7 @@ class OrderService:
                     )
                 )
         except IntegrityError:
-            return await self._replay(order.external_order_id, digest)
+            return await self._replay(order.external_order_id, digest, text)
         self.wake.set()
         return Placed(pending_result(order.external_order_id, received), replayed=False)
 
@@ -331,7 +338,7 @@ class OrderService:
             await _once_more_if_dead(write)
         except IntegrityError:
             # The same order arrived twice at once; the first one recorded its answer.
-            return await self._replay(order.external_order_id, digest)
+            return await self._replay(order.external_order_id, digest, text)
         if notify:
             self.mails_due.set()
         return Placed(result, replayed=False)
@@ -359,11 +366,11 @@ class OrderService:
             await conn.execute(update(orders).where(orders.c.id == row.id).values(last_error=None))
         return ids
 
-    async def _replay(self, external_id: str, digest: str) -> Placed:
+    async def _replay(self, external_id: str, digest: str, text: str) -> Placed:
         known, _ = await self._lookup(external_id)
         if known is None:  # pragma: no cover - the unique violation says it exists
             raise RuntimeError("order vanished after a unique violation")
-        return Placed(self._answer(known, digest), replayed=True)
+        return Placed(self._answer(known, digest, text), replayed=True)
 
     # ------------------------------------------------------------------ reading
 
