@@ -354,7 +354,8 @@ async def _imap_starttls(client: _ImapClient, account: MailAccount) -> None:
             permanent=True,
         )
     transport = protocol.transport
-    assert isinstance(transport, asyncio.Transport)
+    # uvloop's transports implement the interface without subclassing asyncio.Transport.
+    assert transport is not None and hasattr(transport, "abort")
     try:
         tls_transport = await protocol.loop.start_tls(
             transport,
