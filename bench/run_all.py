@@ -22,7 +22,7 @@ SKIP = {"run_all.py"}
 def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     scripts = sorted(p for p in BENCH.glob("*.py") if p.name not in SKIP)
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str, str, str]] = []
     failures = []
     for script in scripts:
         print(f"== {script.name}", flush=True)
@@ -36,7 +36,8 @@ def main() -> int:
         if not result_file.exists():
             continue
         data = json.loads(result_file.read_text())
-        for figure, t in (data.get("targets") or {}).items():
+        baseline = "; ".join(f"{k} {_fmt(v)}" for k, v in _ratios(data))
+        for i, (figure, t) in enumerate((data.get("targets") or {}).items()):
             rows.append(
                 (
                     script.stem,
@@ -44,9 +45,13 @@ def main() -> int:
                     str(t.get("target")),
                     _fmt(t.get("value")),
                     "yes" if t.get("met") else "NO",
+                    baseline if i == 0 else "",
                 )
             )
-    table = ["| bench | figure | target | measured | met |", "|---|---|---|---|---|"]
+    table = [
+        "| bench | figure | target | measured | met | ratio to the raw baseline (same run) |",
+        "|---|---|---|---|---|---|",
+    ]
     table += [f"| {' | '.join(r)} |" for r in rows]
     text = "\n".join(table)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -56,6 +61,23 @@ def main() -> int:
         print(f"\nfailed: {', '.join(failures)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _ratios(data: object, prefix: str = "") -> list[tuple[str, float]]:
+    """Every number a bench recorded as a ratio to a raw baseline measured in the same run
+    (keys naming ``ratio`` or ``over_raw``), outside its targets."""
+    found: list[tuple[str, float]] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key == "targets":
+                continue
+            name = f"{prefix}{key}"
+            words = key.split("_")
+            if isinstance(value, int | float) and ("ratio" in words or "over_raw" in key):
+                found.append((name, float(value)))
+            elif isinstance(value, dict):
+                found += _ratios(value, f"{name}.")
+    return found
 
 
 def _fmt(value: object) -> str:
