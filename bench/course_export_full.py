@@ -297,16 +297,17 @@ async def sample_payloads(coursedb_url: str, batch_size: int) -> tuple[bytes, by
     from course_export_service.documents import DocumentBuilder, fetch_children, fetch_page
     from course_export_service.templates import TemplateKind
     from coursedb.engine import create_engine
-    from mesh_contracts.course_export import SnapshotBatch
+    from mesh_contracts.course_export import CourseDocument, SnapshotBatch
 
     engine = create_engine(coursedb_url)
     templates = {TemplateKind(k): v for k, v in all_courses_templates().items()}
     rows = await fetch_page(engine, templates[TemplateKind.COURSES], after=0, limit=batch_size)
     children = await fetch_children(engine, templates, [r["course_id"] for r in rows])
     await engine.dispose()
-    docs = [o.built.model for o in DocumentBuilder().build_all(rows, children) if o.built]
-    batch = SnapshotBatch(snapshot_id=uuid.uuid4().hex, batch_no=1, courses=docs)  # type: ignore[arg-type]
-    return batch.model_dump_json().encode(), docs[0].model_dump_json().encode()  # type: ignore[union-attr]
+    built = [o.built for o in DocumentBuilder().build_all(rows, children) if o.built]
+    docs = [CourseDocument.model_validate(b.document) for b in built]
+    batch = SnapshotBatch(snapshot_id=uuid.uuid4().hex, batch_no=1, courses=docs)
+    return batch.model_dump_json().encode(), docs[0].model_dump_json().encode()
 
 
 # ------------------------------------------------------------------------ the benchmark

@@ -145,3 +145,134 @@ async def test_postgres_rows_straight_from_asyncpg_equal_sqlalchemy_rows(
         assert len(fast_docs) == len(ids)
     finally:
         await engine.dispose()
+
+
+def _courses_template(**replace: str) -> dict[TemplateKind, str]:
+    sql = DEFAULT_TEMPLATES[TemplateKind.COURSES]
+    for old, new in replace.items():
+        assert old in sql, old
+        sql = sql.replace(old, new, 1)
+    return {**DEFAULT_TEMPLATES, TemplateKind.COURSES: sql}
+
+
+async def test_values_that_break_the_contract_are_reported_per_course(
+    coursedb: AsyncEngine, published_courses: Any
+) -> None:
+    """Values the mappings pass through but the contract refuses, as a centre's template might
+    produce them: each breaks only its own course, with the contract's error."""
+    ids = [r.id for r in await published_courses(coursedb)][:6]
+    long_number, bad_mode, big_fee, bad_postcode = ids[1:5]
+    templates = _courses_template(
+        **{
+            "c.number,": f"CASE WHEN c.id = {long_number} THEN 'A-number-far-too-long-1' "
+            "ELSE c.number END AS number,",
+            "c.registration_mode,": f"CASE WHEN c.id = {bad_mode} THEN 'telepathy' "
+            "ELSE c.registration_mode END AS registration_mode,",
+            "c.fee,": f"CASE WHEN c.id = {big_fee} THEN 12345678901.5 ELSE c.fee END AS fee,",
+            "l.postcode AS location_postcode": f"CASE WHEN c.id = {bad_postcode} THEN 'AB' "
+            "ELSE l.postcode END AS location_postcode",
+        }
+    )
+    outcomes = {o.course_id: o for o in await DocumentBuilder().build_for(coursedb, templates, ids)}
+    assert set(outcomes) == set(ids)
+    for course_id, field in [
+        (long_number, "document.number"),
+        (bad_mode, "document.registration_mode"),
+        (big_fee, "document.fee.amount"),
+        (bad_postcode, "document.location"),
+    ]:
+        outcome = outcomes[course_id]
+        assert outcome.built is None, course_id
+        assert outcome.errors and all(e.startswith("document.") for e in outcome.errors)
+        assert any(e.startswith(field) for e in outcome.errors), outcome.errors
+    assert all(outcomes[i].built is not None for i in (ids[0], ids[5]))
+
+
+async def test_values_pydantic_converts_give_the_same_documents(
+    coursedb: AsyncEngine, published_courses: Any
+) -> None:
+    """A template that returns numbers as text: the exact path stands aside, pydantic converts
+    them as it always did, and the documents and hashes are those of the shipped template."""
+    ids = [r.id for r in await published_courses(coursedb)][:8]
+    texty = _courses_template(
+        **{"c.min_participants,": "CAST(c.min_participants AS VARCHAR(10)) AS min_participants,"}
+    )
+    builder = DocumentBuilder()
+    plain = await builder.build_for(coursedb, DEFAULT_TEMPLATES, ids)
+    converted = await builder.build_for(coursedb, texty, ids)
+    assert all(o.built is not None for o in plain + converted)
+    assert [(o.built.hash, o.built.document, o.built.encoded) for o in converted if o.built] == [
+        (o.built.hash, o.built.document, o.built.encoded) for o in plain if o.built
+    ]
+    assert all(o.built.model is not None for o in converted if o.built)  # the long way
+
+
+async def test_exact_path_and_pydantic_build_identical_documents(
+    coursedb: AsyncEngine, published_courses: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exact path gives what pydantic gives (document, hash and JSON text). On PostgreSQL
+    every seeded course takes it; SQLite returns booleans as 0/1 and times as text with a zero
+    fraction, which pydantic converts: those courses go the long way."""
+    from course_export_service import exact
+
+    ids = [r.id for r in await published_courses(coursedb)]
+    builder = DocumentBuilder()
+    fast = await builder.build_for(coursedb, DEFAULT_TEMPLATES, ids)
+    assert fast and all(o.built is not None for o in fast)
+    if coursedb.dialect.name == "postgresql":
+        assert all(o.built.model is None for o in fast if o.built)
+    monkeypatch.setattr(exact, "ENABLED", False)
+    slow = await builder.build_for(coursedb, DEFAULT_TEMPLATES, ids)
+    assert all(o.built is not None and o.built.model is not None for o in slow)
+    assert [(o.built.hash, o.built.document, o.built.encoded) for o in fast if o.built] == [
+        (o.built.hash, o.built.document, o.built.encoded) for o in slow if o.built
+    ]
+    assert [o.built.encoded for o in slow if o.built] == [
+        o.built.model.model_dump_json().encode() for o in slow if o.built and o.built.model
+    ]
+
+
+def test_a_document_that_is_not_json_is_reported_not_raised() -> None:
+    """A lone surrogate passes pydantic's unconstrained strings but is no JSON: the course
+    fails with that error; the others are not affected."""
+    row = {
+        "course_id": 1,
+        "number": "261-1",
+        "revision": 1,
+        "title": "Yoga \ud800",
+        "fee": "10.00",
+        "status": "open",
+        "registration_mode": "direct",
+        "web_bookable": True,
+        "min_participants": 1,
+        "max_participants": 9,
+        "updated_at": dt.datetime(2026, 3, 1, tzinfo=dt.UTC),
+    }
+    builder = DocumentBuilder()
+    broken = builder.build(row)
+    assert broken.built is None and broken.errors[0].startswith("document: not encodable")
+    fine = builder.build({**row, "title": "Yoga"})
+    assert fine.built is not None and fine.built.encoded is not None
+
+
+async def test_statements_are_reused_per_template_and_size_only(
+    coursedb: AsyncEngine, published_courses: Any
+) -> None:
+    """On PostgreSQL the compiled statement is cached by template SQL and number of ids: a
+    different template or size gets its own statement, never another one's."""
+    from course_export_service import documents
+
+    ids = [r.id for r in await published_courses(coursedb)][:4]
+    shipped = DEFAULT_TEMPLATES[TemplateKind.LECTURERS]
+    narrow = "SELECT cl.course_id, cl.sort_order FROM course_lecturers cl"
+    first = await fetch_rows(coursedb, shipped, ids[:3])
+    other = await fetch_rows(coursedb, narrow, ids[:3])
+    bigger = await fetch_rows(coursedb, narrow, ids)
+    again = await fetch_rows(coursedb, shipped, ids[:3])
+    assert first and {"first_name", "last_name"} <= set(dict(first[0]))
+    assert [set(dict(r)) for r in other] == [{"course_id", "sort_order"}] * len(other)
+    assert {r["course_id"] for r in bigger} >= {r["course_id"] for r in other}
+    assert [dict(r) for r in again] == [dict(r) for r in first]
+    if coursedb.dialect.name == "postgresql":
+        keys = set(documents._statements)
+        assert {("in", shipped, 3), ("in", narrow, 3), ("in", narrow, 4)} <= keys

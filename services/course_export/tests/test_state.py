@@ -83,3 +83,42 @@ async def test_rollback_leaves_no_state(db: Database) -> None:
             raise RuntimeError("publish failed")
     async with db.unit_of_work() as s:
         assert await ExportState(s).published_ids() == set()
+
+
+@pytest.mark.postgres
+async def test_outbox_bodies_are_compressed_with_lz4_on_postgres(pg_url: str) -> None:
+    """Migration 0006: snapshot batches are large; lz4 costs PostgreSQL a third of pglz."""
+    import uuid
+
+    from sqlalchemy import text
+
+    schema = f"ce_{uuid.uuid4().hex[:8]}"
+    database = Database(pg_url, schema=schema)
+    try:
+        await upgrade(database, MIGRATIONS)
+        async with database.engine.connect() as conn:
+            lz4 = (
+                await conn.execute(
+                    text(
+                        "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                        "WHERE name = 'default_toast_compression'"
+                    )
+                )
+            ).scalar()
+            method = (
+                await conn.execute(
+                    text(
+                        "SELECT CAST(a.attcompression AS text) FROM pg_attribute a "
+                        "JOIN pg_class c ON c.oid = a.attrelid "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = :schema AND c.relname = 'mesh_outbox' "
+                        "AND a.attname = 'body'"
+                    ),
+                    {"schema": schema},
+                )
+            ).scalar()
+        assert method == ("l" if lz4 else "")
+    finally:
+        async with database.engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await database.dispose()

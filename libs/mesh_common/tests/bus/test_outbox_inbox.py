@@ -115,6 +115,19 @@ async def test_outbox_row_is_published_after_commit_only(backend, engine, tables
             many = await outbox.add_many(session, [SeatBooked(n=4), SeatBooked(n=5)])
             assert await outbox.add_many(session, []) == []
         await eventually(lambda: received == [mid, mid2, *many], timeout=2.0)
+        # Encoded by the caller (e.g. a batch assembled from parts): stored and sent verbatim.
+        async with sessions() as session, session.begin():
+            encoded = await outbox.add_encoded(session, SeatBooked, b'{"n": 6}')
+        await eventually(lambda: received == [mid, mid2, *many, encoded], timeout=2.0)
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(tables.outbox.c.type, tables.outbox.c.body).where(
+                        tables.outbox.c.message_id == encoded
+                    )
+                )
+            ).one()
+        assert (row.type, row.body) == ("booking.seat_booked.v1", '{"n": 6}')
 
         async def drained() -> bool:
             backlog = await relay.backlog()  # marked sent in the relay's own commit

@@ -58,6 +58,11 @@ def test_envelope_takes_context() -> None:
     assert env.body == b'{"x":1}'
     with pytest.raises(TypeError):
         message_type_of(BaseModel)
+    # A body encoded by the caller: the class names the type, the body is taken as given.
+    pre = make_envelope("event", Ev, app_id="svc", body=b'{"x": 2}')
+    assert (pre.type, pre.body) == ("svc.thing_happened.v1", b'{"x": 2}')
+    with pytest.raises(TypeError, match="instance or its encoded body"):
+        make_envelope("event", Ev, app_id="svc")
 
 
 def test_registry_decorators_return_the_function_and_infer_the_model() -> None:
@@ -160,3 +165,67 @@ async def test_metrics_count_published_consumed_redelivered_and_dead_lettered() 
     assert value("consumed", "redelivered") == 1
     assert value("consumed", "error") == 3  # 1 + 2 failed attempts
     assert value("dead_lettered", "max-attempts") == 1
+
+
+class Ping(BaseModel):
+    __message_type__: ClassVar[str] = "tracing.ping"
+    n: int
+
+
+class Pong(BaseModel):
+    n: int
+    trace_id: int
+    span_id: int
+
+
+async def test_consumer_spans_only_when_something_exports() -> None:
+    """Without a span processor no consumer span is made (it could not be seen and costs CPU
+    per message), yet the caller's trace goes on in the handler; with one, it is recorded."""
+    from mesh_common.bus import MemoryBroker, create_bus
+    from mesh_common.bus.tracing import BusTracingMiddleware
+    from mesh_common.telemetry import create_tracer_provider
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    broker = MemoryBroker()
+    server_provider = create_tracer_provider("tracing-server")  # no OTEL_* env: no processor
+    server = create_bus(
+        BusSettings(service="tracingserver"),
+        broker=broker,
+        middlewares=[BusTracingMiddleware(server_provider)],
+    )
+
+    @server.rpc()
+    async def ping(msg: Ping, ctx: MessageContext) -> Pong:
+        span = trace.get_current_span().get_span_context()
+        return Pong(n=msg.n, trace_id=span.trace_id, span_id=span.span_id)
+
+    caller_exporter = InMemorySpanExporter()
+    caller_provider = create_tracer_provider("tracing-caller")
+    caller_provider.add_span_processor(SimpleSpanProcessor(caller_exporter))
+    client = create_bus(
+        BusSettings(service="tracingclient"),
+        broker=broker,
+        middlewares=[BusTracingMiddleware(caller_provider)],
+    )
+    await server.start()
+    await client.start()
+    try:
+        tracer = caller_provider.get_tracer("test")
+        with tracer.start_as_current_span("caller") as caller:
+            quiet = await client.call(Ping(n=1), Pong)
+        [publish] = [s for s in caller_exporter.get_finished_spans() if "publish" in s.name]
+        # No consumer span: the handler runs in the caller's publish span's context.
+        assert quiet.trace_id == caller.get_span_context().trace_id
+        assert publish.context is not None and quiet.span_id == publish.context.span_id
+
+        server_exporter = InMemorySpanExporter()
+        server_provider.add_span_processor(SimpleSpanProcessor(server_exporter))
+        traced = await client.call(Ping(n=2), Pong)
+        [process] = server_exporter.get_finished_spans()
+        assert process.name == "tracing.ping process"
+        assert process.context is not None and traced.span_id == process.context.span_id
+    finally:
+        await client.stop(grace=0.2)
+        await server.stop(grace=0.2)

@@ -22,12 +22,12 @@ from mesh_common.mapping.interpreter import interpret_mapping
 from mesh_common.mapping.model import FieldMap, MappingDefinition
 
 LOCALS = {"rec", "since", "out", "errors", "v", "d", "dt", "key", "cur", "exc", "ok", "x"}
-LOCALS |= {"marker", "missing"}
+LOCALS |= {"marker", "missing", "mk", "mv"}
 GENERATED = re.compile(r"_[gkp][0-9]+|_map|_apply|_matches")
 ATTRIBUTES = {
     "get", "strip", "upper", "lower", "setdefault", "append", "join", "replace", "date",
     "year", "month", "day", "hour", "minute", "second", "tzinfo", "astimezone", "isoformat",
-    "fromisoformat", "is_finite", "quantize", "to_integral_value", "__name__",
+    "fromisoformat", "is_finite", "quantize", "to_integral_value", "__name__", "clear",
 }  # fmt: skip
 
 
@@ -219,6 +219,44 @@ def test_generated_functions_have_no_builtins() -> None:
         }
     )
     assert compile_mapping(fmt).apply({"a": "01/03/2026"}).record == {"a": "Sunday March"}
+
+
+def test_iso_datetime_transforms_answer_repeated_texts_from_a_bounded_memo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A memo hit gives what the reference engine computes; bad texts are reported every time
+    (never memoised); datetime objects are not memoised; the memo stays within its bound."""
+    from mesh_common.mapping import codegen
+
+    monkeypatch.setattr(codegen, "_MEMO_MAX", 8)
+    defn = load_mapping(
+        {
+            "name": "m",
+            "fields": [
+                {
+                    "target": "at",
+                    "source": "at",
+                    "transform": [{"op": "datetime", "assume_tz": "Europe/Berlin", "tz": "UTC"}],
+                }
+            ],
+        }
+    )
+    compiled = compile_mapping(defn)
+    assert "_strftime" not in compiled.source and ".clear()" in compiled.source
+    reference = interpret_mapping(defn)
+    namespace = compiled._map.__globals__
+    memos = [v for k, v in namespace.items() if GENERATED.fullmatch(k) and type(v) is dict]
+    assert memos, "the transform has a memo"
+    texts = [f"2026-03-{d:02d}T10:00:00" for d in range(1, 21)] + ["2026-07-01T10:00:00"]
+    for _ in range(2):
+        for text in [*texts, "2026-03-29T02:30:00", "2026-02-30T10:00:00", "nope"]:
+            got, want = compiled.map({"at": text}), reference.map({"at": text})
+            assert (got.record, got.errors) == (want.record, want.errors), text
+    assert compiled.map({"at": "2026-07-01T10:00:00"}).record == {"at": "2026-07-01T08:00:00+00:00"}
+    bad = compiled.map({"at": "2026-02-30T10:00:00"})
+    assert bad.record is None and "does not match" in bad.errors[0].message
+    assert any(len(m) > 0 for m in memos) and all(len(m) <= 8 for m in memos)
+    assert all("2026-02-30T10:00:00" not in m and "nope" not in m for m in memos)
 
 
 def test_constants_that_are_not_plain_literals_are_bound_not_written() -> None:

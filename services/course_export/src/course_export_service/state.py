@@ -70,8 +70,10 @@ def content_hash(document: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Built:
-    """A freshly built document for one coursedb course (``model`` is the validated contract
-    object, so it is not validated a second time when sent)."""
+    """A freshly built document for one coursedb course: ``document`` is the contract's JSON
+    form (what ``CourseDocument.model_dump(mode="json")`` gives), ``encoded`` its JSON text as
+    a snapshot batch carries it, ``model`` the contract object if one was made (else it is
+    made from ``document`` when a message needs it)."""
 
     course_id: int
     number: str
@@ -79,6 +81,7 @@ class Built:
     document: Mapping[str, Any]
     hash: str
     model: CourseDocument | None = None
+    encoded: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -176,13 +176,21 @@ def context_headers(causation_id: str | None = None) -> dict[str, Any]:
 
 def make_envelope(
     kind: MessageKind,
-    message: BaseModel,
+    message: BaseModel | type[BaseModel],
     *,
     app_id: str,
     causation_id: str | None = None,
     headers: dict[str, Any] | None = None,
+    body: bytes | None = None,
 ) -> Envelope:
-    """Build the envelope of an event/command/RPC request from the current context."""
+    """Build the envelope of an event/command/RPC request from the current context.
+
+    ``body`` is the message's JSON when the caller has encoded it already; ``message`` may then
+    be the model class (it only names the type)."""
+    if body is None:
+        if isinstance(message, type):
+            raise TypeError("make_envelope needs a message instance or its encoded body")
+        body = encode_body(message)
     merged = context_headers(causation_id)
     merged[H_KIND] = kind
     if headers:
@@ -190,7 +198,7 @@ def make_envelope(
     return Envelope(
         kind=kind,
         type=message_type_of(message),
-        body=encode_body(message),
+        body=body,
         app_id=app_id,
         headers=merged,
     )

@@ -133,6 +133,30 @@ class Outbox:
         self._poke_after_commit(conn)
         return env.message_id
 
+    async def add_encoded(
+        self,
+        conn: Executor,
+        message_type: type[BaseModel],
+        body: bytes,
+        *,
+        kind: OutboxKind = "event",
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        """Like :meth:`add` for a message the caller has encoded already: ``body`` is its JSON,
+        exactly what an instance of ``message_type`` encodes to (the caller vouches for that;
+        for a large message assembled from parts that were encoded once, e.g. a batch)."""
+        env = make_envelope(
+            kind,
+            message_type,
+            app_id=self.service,
+            causation_id=_current_message.get(),
+            headers=headers,
+            body=body,
+        )
+        await conn.execute(self.table.insert().values(**_row(env)))
+        self._poke_after_commit(conn)
+        return env.message_id
+
     async def add_many(
         self,
         conn: Executor,

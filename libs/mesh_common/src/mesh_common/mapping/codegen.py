@@ -116,6 +116,7 @@ _FAST_DIRECTIVES = {
 }
 
 _SMALL_INT = 10**15
+_MEMO_MAX = 16_384  # entries per memoised transform (about 2 MB of short strings)
 
 
 def is_literal(value: Any) -> bool:
@@ -424,8 +425,24 @@ class _Writer:
         ]
         if t.tz:
             lines.append(f"    dt = dt.astimezone({self.bind(ZoneInfo(t.tz))})")
-        lines.append(f"    v = {self._format(t.format, 'dt', with_time=True)}")
-        return lines
+        fmt = self._format(t.format, "dt", with_time=True)
+        lines.append(f"    v = {fmt}")
+        if t.parse != "iso" or fmt.startswith("_strftime("):
+            return lines
+        # ISO text in, fixed zones and template out: a pure function of the text, so texts seen
+        # before are answered from a bounded memo (session times repeat across courses; the
+        # zone arithmetic costs more than the lookup). Failures are not memoised.
+        memo = self.bind({})
+        return [
+            lines[0],
+            f"elif type(v) is str and (mv := {memo}.get(v)) is not None: v = mv",
+            "else:",
+            "    mk = v",
+            *lines[2:],
+            "    if type(mk) is str:",
+            f"        if len({memo}) >= {self.const(_MEMO_MAX)}: {memo}.clear()",
+            f"        {memo}[mk] = v",
+        ]
 
     def _number(self, t: NumberFormat) -> list[str]:
         rounding = self.const(_ROUNDING[t.rounding])
