@@ -9,10 +9,13 @@ parallel), then prints the table and writes it to ``bench/results/latest.md``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mesh_common.secrets import generate_key
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -22,16 +25,24 @@ SKIP = {"run_all.py"}
 def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     scripts = sorted(p for p in BENCH.glob("*.py") if p.name not in SKIP)
+    # ``--only a,b``: run just these (e.g. after a failure); the table still lists every
+    # bench from its latest result file.
+    only = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else None
+    # The benches build throwaway services and databases; those that store secrets need a data
+    # key. A fresh one per run unless the caller set one (nothing outlives the run).
+    env = dict(os.environ)
+    env.setdefault("MESH_SECRET_KEY", generate_key())
     rows: list[tuple[str, str, str, str, str, str]] = []
     failures = []
     for script in scripts:
-        print(f"== {script.name}", flush=True)
-        started = time.monotonic()
-        proc = subprocess.run([sys.executable, str(script)], cwd=BENCH.parent)
-        print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
-        if proc.returncode != 0:
-            failures.append(script.name)
-            continue
+        if only is None or script.stem in only:
+            print(f"== {script.name}", flush=True)
+            started = time.monotonic()
+            proc = subprocess.run([sys.executable, str(script)], cwd=BENCH.parent, env=env)
+            print(f"   ({time.monotonic() - started:.0f} s)", flush=True)
+            if proc.returncode != 0:
+                failures.append(script.name)
+                continue
         result_file = RESULTS / f"{script.stem}.json"
         if not result_file.exists():
             continue
