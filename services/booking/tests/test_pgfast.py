@@ -197,3 +197,31 @@ async def test_dead_pooled_connections_cost_no_order(
         await coursedb.dispose()
         await coursedb_link.down()
         await own_link.down()
+
+
+async def test_a_connection_killed_mid_transaction_is_unreachable_not_a_crash(
+    pg_database: Callable[[], str],
+) -> None:
+    """The server drops the connection while a transaction is open on it (the chaos suite's
+    cut): asyncpg closes it and detaches the pooled proxy at once. Whatever the next call on it
+    is, the caller gets "unreachable" (a SQLAlchemy error with ``connection_invalidated``),
+    never an InterfaceError about a released connection, and the pool goes on working."""
+    engine = await prepare_coursedb(pg_database())
+    fast = PgPool.for_engine(engine, max_size=2)
+    assert fast is not None
+    try:
+        for _ in range(3):  # the error may surface at the statement, the rollback or release
+            with pytest.raises(sa_exc.DBAPIError) as cut:
+                async with fast.begin() as conn:
+                    pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
+                    async with engine.connect() as admin:
+                        await admin.execute(text(f"SELECT pg_terminate_backend({int(pid)})"))
+                    await asyncio.sleep(0.05)
+                    await conn.execute(select(cdb.courses.c.id).limit(1))
+            assert is_unreachable(cut.value), repr(cut.value)
+            assert cut.value.connection_invalidated, repr(cut.value)
+        async with fast.connect() as conn:
+            assert (await conn.execute(select(1))).scalar() == 1
+    finally:
+        await fast.close()
+        await engine.dispose()

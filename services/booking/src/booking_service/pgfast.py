@@ -28,6 +28,7 @@ other than an ``IN`` list, an unknown kind of column default) fails loudly when 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -236,7 +237,7 @@ def _translate(exc: BaseException, sql: str | None, raw: Any) -> Exception:
         if isinstance(exc, OSError):
             return sa_exc.OperationalError(sql, None, exc)
         return sa_exc.DBAPIError(sql, None, exc)
-    lost = isinstance(exc, asyncpg.ConnectionDoesNotExistError | OSError) or raw.is_closed()
+    lost = isinstance(exc, asyncpg.ConnectionDoesNotExistError | OSError) or _is_closed(raw)
     if lost:
         return sa_exc.DBAPIError(sql, None, exc, connection_invalidated=True)
     if isinstance(exc, asyncpg.InterfaceError):
@@ -360,10 +361,10 @@ class PgPool:
                 or isinstance(exc, TimeoutError)
                 or getattr(exc, "connection_invalidated", False)
             ):
-                raw.terminate()
+                _terminate(raw)
             raise
         finally:
-            await pool.release(raw, timeout=_RELEASE_TIMEOUT)
+            await pool.release(raw, timeout=_RELEASE_TIMEOUT)  # no-op once asyncpg let it go
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[PgConnection]:
@@ -385,14 +386,14 @@ class PgPool:
                 # A healthy connection is rolled back here (an interrupted or broken one is
                 # closed by _acquire, which ends its transaction on the server).
                 if not (
-                    raw.is_closed()
+                    _is_closed(raw)
                     or isinstance(exc, TimeoutError)
                     or getattr(exc, "connection_invalidated", False)
                 ):
                     try:
                         await raw.execute("ROLLBACK")
                     except _DRIVER_ERRORS:
-                        raw.terminate()
+                        _terminate(raw)
                 raise
             try:
                 await raw.execute("COMMIT")
@@ -408,3 +409,19 @@ class PgPool:
                 await asyncio.wait_for(pool.close(), grace)
             except (TimeoutError, *_DRIVER_ERRORS):
                 pool.terminate()
+
+
+def _is_closed(raw: asyncpg.Connection) -> bool:
+    """Whether the pooled connection is gone. When the server or the network drops it, asyncpg
+    closes it and detaches our proxy from it at once; the proxy then raises InterfaceError for
+    every call, which here means "closed"."""
+    try:
+        return bool(raw.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+def _terminate(raw: asyncpg.Connection) -> None:
+    """Close the pooled connection now (see :func:`_is_closed`: a detached one is closed)."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        raw.terminate()
