@@ -25,33 +25,16 @@ from mesh_common.mail import (
     template_tables_downgrade_v1,
     template_tables_upgrade_v1,
 )
+from mesh_common.testing.databases import isolated_engine
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def engine(request: pytest.FixtureRequest) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        eng = create_async_engine(request.getfixturevalue("sqlite_url"))
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    async with isolated_engine(url, prefix="mailmig") as eng:
         yield eng
-        await eng.dispose()
-        return
-    schema = f"mailmig_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(request.getfixturevalue("pg_url"))
-    async with admin.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    # A search path with only the fresh schema: DDL and reflection both land there.
-    eng = create_async_engine(
-        request.getfixturevalue("pg_url"),
-        connect_args={"server_settings": {"search_path": schema}},
-    )
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
 
 
 def _operations(sync_conn: Any) -> Operations:

@@ -4,7 +4,6 @@ PostgreSQL, and the downgrade step removes them again."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,32 +13,16 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from mesh_common.db import service_metadata
 from mesh_common.tasks import task_tables, task_tables_downgrade_v1, task_tables_upgrade_v1
-from sqlalchemy import Column, Integer, inspect, text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from mesh_common.testing.databases import isolated_engine
+from sqlalchemy import Column, Integer, inspect
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def engine(request: pytest.FixtureRequest) -> AsyncIterator[AsyncEngine]:
-    if request.param == "sqlite":
-        eng = create_async_engine(request.getfixturevalue("sqlite_url"))
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    async with isolated_engine(url, prefix="taskmig") as eng:
         yield eng
-        await eng.dispose()
-        return
-    schema = f"taskmig_{uuid.uuid4().hex[:10]}"
-    admin = create_async_engine(request.getfixturevalue("pg_url"))
-    async with admin.begin() as conn:
-        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    eng = create_async_engine(
-        request.getfixturevalue("pg_url"),
-        connect_args={"server_settings": {"search_path": schema}},
-    )
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        await admin.dispose()
 
 
 def _operations(sync_conn: Any) -> Operations:
