@@ -139,7 +139,10 @@ async def test_a_course_change_in_the_coursedb_reaches_rabbitmq(mesh: Supervisor
             msg = await asyncio.wait_for(received.get(), max(remaining, 0.1))
             if msg.course.number == row.number and msg.course.title == title:
                 break
-        assert msg.change == "updated"
+        # "created" when course-export had not yet sent this course before the change (its
+        # first run may still be going on right after start-up); the kinds themselves are
+        # course-export's own tests' business.
+        assert msg.change in ("updated", "created")
     finally:
         await engine.dispose()
         await bus.stop()

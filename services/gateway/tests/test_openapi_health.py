@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -192,3 +193,36 @@ async def test_aggregator_is_cached(retry_seconds: float) -> None:
     await agg.document()
     await agg.document()
     assert calls["n"] == 2  # one fetch per upstream, then served from cache
+
+
+async def test_a_service_not_up_at_warm_up_is_tried_again_within_a_second() -> None:
+    """The gateway warms the merged document at start, often before the services listen. A
+    service never fetched is retried after at most a second (not the retry interval), so the
+    document shows every API shortly after the mesh is up; one seen before keeps its last copy
+    and waits the full interval."""
+    up = {"b": False}
+    calls = {"a": 0, "b": 0}
+
+    async def fetch(name: str, base: str) -> dict[str, Any]:
+        calls[name] += 1
+        if name == "b" and not up["b"]:
+            raise ConnectionError("refused")
+        return {"info": {}, "paths": {f"/{name}": {"get": {"responses": {}}}}}
+
+    agg = OpenApiAggregator(
+        {"a": "http://a", "b": "http://b"},
+        fetch,
+        ttl=60,
+        retry=30,
+        title="t",
+        version="1",
+        is_public=lambda p: False,
+    )
+    await agg.refresh(force=True)  # the warm-up
+    first = await agg.document()
+    assert first["x-edumesh-upstreams"]["b"]["state"] == "unavailable"
+    up["b"] = True
+    await asyncio.sleep(1.05)
+    second = await agg.document()
+    assert "/api/b/b" in second["paths"], second["x-edumesh-upstreams"]
+    assert calls["b"] == 2

@@ -149,7 +149,7 @@ class Gateway:
 
     async def _fetch_openapi(self, name: str, base: str) -> dict[str, Any]:
         status, body = await self._get(
-            name, b"/openapi.json", self.settings.health_timeout_seconds * 2
+            name, b"/openapi.json", self.settings.openapi_fetch_timeout_seconds
         )
         if status != 200:
             raise ValueError(f"/openapi.json answered {status}")

@@ -221,4 +221,8 @@ class OpenApiAggregator:
                 is_public=self._is_public,
                 own_paths=self._own_paths() if self._own_paths else None,
             )
-            self._expires = time.monotonic() + (self._ttl if all_ok else self._retry)
+            never_seen = any(s["state"] == "unavailable" for s in status.values())
+            # A service whose API was never fetched (e.g. still starting when the gateway warmed
+            # up) is tried again within a second, not after the full retry interval.
+            wait = self._ttl if all_ok else min(self._retry, 1.0) if never_seen else self._retry
+            self._expires = time.monotonic() + wait

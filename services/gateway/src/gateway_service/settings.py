@@ -68,6 +68,9 @@ class GatewaySettings(BaseSettings):
     keepalive_seconds: float = Field(default=4.0, gt=0)
     openapi_ttl_seconds: float = Field(default=60.0, gt=0)
     openapi_retry_seconds: float = Field(default=5.0, gt=0)
+    # A service builds its OpenAPI document on the first request (seconds for a large one on a
+    # busy host); the merged document waits this long per service before leaving it out.
+    openapi_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
     health_timeout_seconds: float = Field(default=2.0, gt=0)
     # Per upstream call of the /admin dashboard's fan-out (GET /admin/api/tasks, .../executions);
     # a service slower than this is shown as unreachable.
