@@ -115,6 +115,7 @@ class TaskRunner:
         self.retention_seconds = retention_seconds
         self.purge_every_seconds = purge_every_seconds
         self._last_purge = 0.0
+        self._purging: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(max_concurrency)
         self._runs: dict[str, _Run] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -142,6 +143,10 @@ class TaskRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._loop_task
             self._loop_task = None
+        if self._purging is not None and not self._purging.done():
+            self._purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purging
         runs = list(self._runs.values())
         for run in runs:
             run.ctx.request_cancel()
@@ -170,16 +175,20 @@ class TaskRunner:
         if (
             self.retention_seconds is not None
             and self.clock() - self._last_purge >= self.purge_every_seconds
+            and (self._purging is None or self._purging.done())
         ):
+            # In the background: a long DELETE must never delay the lease renewals of a tick.
             self._last_purge = self.clock()
-            try:
-                await self.purge()
-            except Exception:
-                log.exception(
-                    "purging old task executions failed; next try in %.0f s",
-                    self.purge_every_seconds,
-                )
+            self._purging = asyncio.create_task(self._purge_quietly(), name="task-purge")
         return started
+
+    async def _purge_quietly(self) -> None:
+        try:
+            await self.purge()
+        except Exception:
+            log.exception(
+                "purging old task executions failed; next try in %.0f s", self.purge_every_seconds
+            )
 
     async def purge(self, *, older_than: float | None = None, batch: int = 500) -> int:
         """Delete finished executions that ended more than ``older_than`` seconds ago
