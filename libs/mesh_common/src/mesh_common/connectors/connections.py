@@ -29,13 +29,13 @@ from typing import Any, Literal, Union
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mesh_common.connectors.tables import ConnectorTables
 from mesh_common.db import Database
 from mesh_common.errors import Conflict, Invalid, NotFound, Unavailable
-from mesh_common.rekey import RekeyTarget
+from mesh_common.rekey import RekeyTarget, rekey_column
 from mesh_common.secrets import DecryptionError, SecretBox, SecretsError
 
 log = logging.getLogger("mesh.connectors")
@@ -580,26 +580,18 @@ class ConnectionStore:
 
     async def rotate_keys(self) -> int:
         """Re-encrypt every connection's secrets with the primary key; returns how many changed."""
-        box = self.box()
-        changed = 0
-        async with self.db.engine.begin() as conn:
-            rows = (await conn.execute(select(self.table))).all()
-            for r in rows:
-                token = r.secrets
-                if token and box.needs_rotation(token):
-                    new = box.rotate(token, context=self._context(r.name, r.kind))
-                    await conn.execute(
-                        update(self.table).where(self.table.c.name == r.name).values(secrets=new)
-                    )
-                    changed += 1
-        return changed
+        return (await rekey_column(self.db, _secrets_target(self.table), self.box()))["rekeyed"]
 
 
 def connections_rekey_target(tables: ConnectorTables) -> RekeyTarget:
     """The connections' encrypted secrets, for ``python -m <service> rekey`` (key rotation)."""
+    return _secrets_target(tables.connections)
+
+
+def _secrets_target(table: Table) -> RekeyTarget:
     return RekeyTarget(
         name="connections.secrets",
-        table=tables.connections,
+        table=table,
         column="secrets",
         key="name",
         context=lambda row: ConnectionStore._context(row.name, row.kind),
